@@ -1,0 +1,297 @@
+"""`dct train | generate | eval | demo`: the engine on the command line (console script and python -m dct_core)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .config import PAPER_TEMPLATES, SamplingConfig, TrainConfig
+from .errors import DCTError
+
+
+def _seeds(text: str) -> list[int]:
+    """"0-7" or "1,5,9" or "3"."""
+    try:
+        out: list[int] = []
+        for part in text.split(","):
+            lo, _, hi = part.strip().partition("-")
+            out += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"seeds must look like 0-7 or 1,5,9, got {text!r}") from exc
+    if not out:
+        raise argparse.ArgumentTypeError("no seeds given")
+    return out
+
+
+def _add_generation(p: argparse.ArgumentParser, *, seed: int = 0) -> None:
+    g = p.add_argument_group("generation")
+    g.add_argument("--resolution", type=int, default=512, help="image size in pixels (default 512; SDXL: 1024)")
+    g.add_argument("--sampling-steps", type=int, default=30, help="sampling steps per image (default 30)")
+    g.add_argument("--guidance", type=float, default=7.0, help="classifier-free guidance scale (default 7)")
+    g.add_argument("--scheduler", default="ddim", choices=["ddim", "euler", "own"], help="sampler (default ddim)")
+    g.add_argument("--negative-prompt", default="", help="negative prompt (default empty)")
+    g.add_argument("--seed", type=int, default=seed, help=f"first seed (default {seed})")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    g.add_argument("--dtype", default="auto", help="auto, fp32, fp16 or bf16 (auto: fp32 on CPU, bf16/fp16 on GPU)")
+
+
+def _add_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="local diffusers folder or single-file .safetensors checkpoint")
+    p.add_argument("--model-kind", choices=["sd1", "sd2", "sd2-v", "sdxl"], help="family of a single-file checkpoint")
+
+
+def _add_classifier(p: argparse.ArgumentParser) -> None:
+    c = p.add_argument_group("classifier")
+    c.add_argument("--classifier", required=True, help="timm:<model_name>")
+    c.add_argument("--classifier-weights", help="the classifier's weights (.safetensors, .pth, .bin)")
+    c.add_argument("--labels", help="class names, one per line (default: ImageNet for 1000-class models)")
+    c.add_argument("--class", dest="target", required=True, help="target class: a name (any synonym) or an index")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dct", description="Discriminative class tokens for text-to-image diffusion.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="learn a class token from a classifier")
+    _add_model(t)
+    _add_classifier(t)
+    t.add_argument("--out", required=True, help="token file to write (.safetensors, or A1111 .pt)")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing token file")
+    t.add_argument("--steps", type=int, default=50, help="maximum optimization steps (default 50)")
+    t.add_argument("--batch-size", type=int, default=5, help="images (seeds) per step (default 5)")
+    t.add_argument("--micro-batch", type=int, help="images per forward/backward, to save memory")
+    t.add_argument("--lr", type=float, default=TrainConfig.lr, help=f"AdamW learning rate (default {TrainConfig.lr})")
+    t.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay)
+    t.add_argument("--init-word", default="a", help="word whose embedding starts the token (default 'a')")
+    t.add_argument("--num-vectors", type=int, default=1, help="vectors in the token (default 1)")
+    t.add_argument("--template", action="append", dest="templates",
+                   help="prompt template with {token} and {label}; repeat for several (default: the paper's two)")
+    t.add_argument("--backprop-depth", type=int, default=1, help="sampling steps with gradient, K (default 1)")
+    t.add_argument("--accuracy-threshold", type=float, default=0.7, help="stop at this batch accuracy (default 0.7)")
+    t.add_argument("--patience", type=int, default=15, help="stop after this many steps without a lower loss")
+    t.add_argument("--preview-every", type=int, default=0, help="write a preview grid every N steps (0: off)")
+    _add_generation(t)
+
+    g = sub.add_parser("generate", help="images with and without a class token on the same seeds")
+    _add_model(g)
+    g.add_argument("--token", help="class token file")
+    g.add_argument("--prompt", required=True, help="prompt; {token} marks where the class token goes")
+    g.add_argument("--seeds", type=_seeds, default=_seeds("0-7"), help="e.g. 0-7 or 1,5,9 (default 0-7)")
+    g.add_argument("--out", required=True, help="output folder")
+    _add_generation(g)
+
+    e = sub.add_parser("eval", help="top-1/top-5 accuracy of generated images under a classifier")
+    _add_model(e)
+    _add_classifier(e)
+    e.add_argument("--token", help="class token file (compared against no token)")
+    e.add_argument("--num-images", type=int, default=64, help="images per condition (default 64)")
+    e.add_argument("--template", action="append", dest="templates", help="prompt template (default: the paper's two)")
+    e.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_generation(e, seed=10_000)
+
+    d = sub.add_parser("demo", help="train a token on the built-in tiny world (no download, CPU, ~1 min)")
+    d.add_argument("--out", default="dct-demo", help="output folder (default ./dct-demo)")
+    d.add_argument("--steps", type=int, default=30, help="maximum optimization steps (default 30)")
+    d.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def _sampling(args) -> SamplingConfig:
+    s = SamplingConfig(resolution=args.resolution, steps=args.sampling_steps, guidance=args.guidance,
+                       negative_prompt=args.negative_prompt, scheduler=args.scheduler)
+    s.validate()
+    return s
+
+
+def _backend(args):
+    from .diffusers_backend import DiffusersBackend
+    from .model_loading import load_pipeline
+    from .runtime import resolve_device, resolve_dtype
+
+    device = resolve_device(args.device)
+    pipe = load_pipeline(args.model, device=device, dtype=resolve_dtype(args.dtype, device), kind=args.model_kind)
+    return DiffusersBackend(pipe)
+
+
+def _classifier(args):
+    from .classifiers import load_classifier
+
+    classifier = load_classifier(args.classifier, args.classifier_weights, args.labels)
+    return classifier, classifier.class_index(args.target)
+
+
+class _CancelOnInterrupt:
+    """First Ctrl+C: finish the current step, keep the best token. Second: stop at once."""
+
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    def __enter__(self):
+        self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, *_):
+        if self.cancelled:
+            raise KeyboardInterrupt
+        self.cancelled = True
+        print("\ncancelling after this step (Ctrl+C again to abort)...", file=sys.stderr)
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGINT, self._old)
+
+    def __call__(self) -> bool:
+        return self.cancelled
+
+
+def _step_printer(total: int, preview_dir: Path | None = None, every: int = 0):
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc="training", unit="step", file=sys.stderr, disable=not sys.stderr.isatty())
+
+    def on_step(record, images):
+        bar.update(1)
+        bar.set_postfix(loss=f"{record.loss:.4f}", acc=f"{record.accuracy:.2f}")
+        tqdm.write(f"step {record.step:3d}  loss {record.loss:.4f}  accuracy {record.accuracy:.2f}  "
+                   f"p(target) {record.target_prob:.3f}  {record.seconds:.2f}s", file=sys.stderr)
+        if preview_dir is not None and every and record.step % every == 0:
+            from .images import make_grid, save_image
+
+            save_image(make_grid([images]), preview_dir / f"step-{record.step:04d}.png")
+
+    return bar, on_step
+
+
+def cmd_train(args) -> int:
+    from .tokens import sanitize_name, save_class_token
+    from .training import train_class_token
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise DCTError(f"{out} already exists; pass --overwrite to replace it or choose another --out.")
+    config = TrainConfig(
+        templates=tuple(args.templates or PAPER_TEMPLATES), init_word=args.init_word, num_vectors=args.num_vectors,
+        batch_size=args.batch_size, micro_batch=args.micro_batch, seed=args.seed, lr=args.lr,
+        weight_decay=args.weight_decay, max_steps=args.steps, accuracy_threshold=args.accuracy_threshold,
+        patience=args.patience, backprop_depth=args.backprop_depth, sampling=_sampling(args),
+    )
+    config.validate()
+    classifier, target = _classifier(args)
+    backend = _backend(args)
+    label = classifier.class_name(target)
+    name = sanitize_name(out.stem)
+    meta = {
+        "class_index": str(target), "class_label": label, "classifier": args.classifier,
+        "base_model": Path(args.model).name, "templates": json.dumps(list(config.templates)),
+        "trigger": name, "init_word": config.init_word, "lr": str(config.lr), "batch_size": str(config.batch_size),
+        "seed": str(config.seed), "resolution": str(config.sampling.resolution),
+        "sampling_steps": str(config.sampling.steps), "guidance": str(config.sampling.guidance),
+        "backprop_depth": str(config.backprop_depth),
+    }
+    print(f"training a token for class {target} {label!r} with {classifier.describe()}", file=sys.stderr)
+    bar, on_step = _step_printer(config.max_steps, out.parent / f"{name}-previews", args.preview_every)
+    with _CancelOnInterrupt() as cancel, bar:
+        result = train_class_token(backend, classifier, target, label, config, name=name, on_step=on_step,
+                                   should_cancel=cancel, metadata=meta)
+    if not result.history:
+        raise DCTError("training stopped before the first step finished; nothing was saved.")
+    result.token.metadata["trained_steps"] = str(len(result.history))
+    path = save_class_token(result.token, out, overwrite=args.overwrite)
+    best = result.best
+    print(f"stopped: {result.stopped}; best step {best.step}: accuracy {best.accuracy:.2f}, loss {best.loss:.4f}")
+    print(f"wrote {path} (use {name!r} as the trigger word / embedding:{name})")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from .generation import generate_images
+    from .images import make_grid, save_image, to_pil
+    from .prompts import TOKEN_MARK, strip_token
+    from .tokens import load_class_token
+
+    sampling = _sampling(args)
+    token = load_class_token(args.token) if args.token else None
+    if token is not None and TOKEN_MARK not in args.prompt:
+        raise DCTError(f"--prompt must contain {TOKEN_MARK} where the class token goes, e.g. 'a photo of {{token}} tiger cat'.")
+    backend = _backend(args)
+    out = Path(args.out)
+    seeds = args.seeds
+    rows = [generate_images(backend, [strip_token(args.prompt)] * len(seeds), seeds, sampling)]
+    if token is not None:
+        vectors = {k: v.to(backend.device) for k, v in token.for_encoders(backend.encoders).items()}
+        rows.append(generate_images(backend, [args.prompt] * len(seeds), seeds, sampling, vectors))
+    for tag, row in zip(("without", "with"), rows):
+        for seed, image in zip(seeds, row):
+            save_image(to_pil(image), out / f"{tag}-token-seed{seed}.png")
+    grid = save_image(make_grid(rows), out / "grid.png")
+    print(f"wrote {len(seeds) * len(rows)} images and {grid} (top row without the token)")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    import torch
+
+    from .generation import generate_images, topk_accuracy
+    from .prompts import prompts_for_batch, strip_token
+    from .tokens import load_class_token
+
+    sampling = _sampling(args)
+    templates = tuple(args.templates or PAPER_TEMPLATES)
+    classifier, target = _classifier(args)
+    token = load_class_token(args.token) if args.token else None
+    backend = _backend(args)
+    classifier.to(backend.device)
+    label = classifier.class_name(target)
+    prompts = prompts_for_batch(templates, label, args.num_images)
+    seeds = list(range(args.seed, args.seed + args.num_images))
+    conditions = {"without token": ([strip_token(p) for p in prompts], None)}
+    if token is not None:
+        conditions["with token"] = (prompts, {k: v.to(backend.device) for k, v in token.for_encoders(backend.encoders).items()})
+    report = {"class_index": target, "class_label": label, "classifier": args.classifier, "num_images": args.num_images,
+              "first_seed": args.seed, "results": {}}
+    for name, (ps, vectors) in conditions.items():
+        images = generate_images(backend, ps, seeds, sampling, vectors)
+        with torch.no_grad():
+            acc = topk_accuracy(classifier(images.to(backend.device)), target)
+        report["results"][name] = {"top1": acc[1], "top5": acc[5]}
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"class {target} {label!r}, {args.num_images} images, classifier {args.classifier}")
+        print(f"{'condition':<16}{'top-1':>8}{'top-5':>8}")
+        for name, r in report["results"].items():
+            print(f"{name:<16}{100 * r['top1']:>7.1f}%{100 * r['top5']:>7.1f}%")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import DEMO_CLASS, run_demo
+
+    print(f"dct demo: a class token for {DEMO_CLASS!r} on the built-in tiny random world (CPU, no download)",
+          file=sys.stderr)
+    bar, on_step = _step_printer(args.steps)
+    with _CancelOnInterrupt() as cancel, bar:
+        report = run_demo(args.out, steps=args.steps, seed=args.seed, on_step=on_step, should_cancel=cancel)
+    best = report.result.best
+    print(f"stopped: {report.result.stopped}; best step {best.step}: accuracy {best.accuracy:.2f}")
+    print(f"{'top-1 under the guiding classifier':<36}{'without':>9}{'with token':>12}")
+    for name, row in report.table.items():
+        print(f"{name:<36}{100 * row['before']:>8.1f}%{100 * row['after']:>11.1f}%")
+    print(f"wrote {report.token_path} and {report.grid_path} (rows: train seeds without/with, fresh seeds without/with)")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = {"train": cmd_train, "generate": cmd_generate, "eval": cmd_eval, "demo": cmd_demo}[args.command]
+    try:
+        return handler(args)
+    except DCTError as exc:
+        print(f"dct {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"dct {args.command}: aborted", file=sys.stderr)
+        return 130

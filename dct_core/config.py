@@ -1,0 +1,79 @@
+"""Settings with the paper's defaults, documented once (Schwartz et al., ICCV 2023, and its reference code)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .errors import DCTError
+
+# The paper's two training prompts (Sec. 3, "Number of prompts").
+PAPER_TEMPLATES: tuple[str, ...] = (
+    "A high-resolution realistic image of a {token} {label}",
+    "A photo of {token} {label}",
+)
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How each image of a batch is generated."""
+
+    resolution: int = 512  # SD1.x/SD2-base native size; SDXL wants 1024
+    steps: int = 30  # sampling steps, reference code default
+    guidance: float = 7.0  # classifier-free guidance scale
+    negative_prompt: str = ""
+    scheduler: str = "ddim"  # "ddim" | "euler" | "own" (the class the model folder names)
+
+    def validate(self) -> None:
+        if self.resolution < 8 or self.resolution % 8:
+            raise DCTError(f"resolution {self.resolution} is not a positive multiple of 8; use e.g. 512.")
+        if self.steps < 1:
+            raise DCTError(f"sampling steps must be at least 1, got {self.steps}.")
+        if self.guidance < 0:
+            raise DCTError(f"guidance scale must be >= 0, got {self.guidance}.")
+        if self.scheduler not in ("ddim", "euler", "own"):
+            raise DCTError(f"unknown scheduler {self.scheduler!r}; choose ddim, euler or own.")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run of a discriminative class token."""
+
+    templates: tuple[str, ...] = PAPER_TEMPLATES
+    init_word: str = "a"  # paper: "a" for ImageNet, a related word ("bird") for fine-grained classifiers
+    num_vectors: int = 1  # the paper learns a single vector
+    batch_size: int = 5  # images per step, one seed each (paper: 5)
+    micro_batch: int | None = None  # images per forward/backward (gradient accumulation); None = all at once
+    seed: int = 0  # seeds are seed, seed+1, ... and stay the same every step (as the reference code)
+    lr: float = 1.25e-3  # reference: 2.5e-4 scaled by its 5 accumulation steps
+    weight_decay: float = 1e-2  # AdamW decay, on v_c only
+    max_grad_norm: float = 1.0  # clipping after backward, before the step
+    max_steps: int = 50  # reference: up to 50 epochs of 5 images
+    accuracy_threshold: float = 0.7  # stop once a batch reaches this accuracy (reference code)
+    patience: int = 15  # or after this many steps without a lower loss
+    backprop_depth: int = 1  # K: sampling steps taken with gradient (paper: 1, "gradient skipping")
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+    def validate(self) -> None:
+        from .prompts import check_templates
+
+        check_templates(self.templates)
+        self.sampling.validate()
+        if self.batch_size < 1:
+            raise DCTError(f"batch size must be at least 1, got {self.batch_size}.")
+        if self.micro_batch is not None and self.micro_batch < 1:
+            raise DCTError(f"micro batch must be at least 1, got {self.micro_batch}.")
+        if self.num_vectors < 1:
+            raise DCTError(f"number of vectors must be at least 1, got {self.num_vectors}.")
+        if self.lr <= 0:
+            raise DCTError(f"learning rate must be positive, got {self.lr}.")
+        if self.max_steps < 1:
+            raise DCTError(f"steps must be at least 1, got {self.max_steps}.")
+        if not 1 <= self.backprop_depth <= self.sampling.steps:
+            raise DCTError(
+                f"backprop depth {self.backprop_depth} must be between 1 and the {self.sampling.steps} "
+                "sampling steps."
+            )
+        if not 0 < self.accuracy_threshold <= 1:
+            raise DCTError(f"accuracy threshold must be in (0, 1], got {self.accuracy_threshold}.")
+        if self.patience < 1:
+            raise DCTError(f"patience must be at least 1, got {self.patience}.")

@@ -1,0 +1,163 @@
+"""The backend on a diffusers pipeline: SD1.x, SD2.x (epsilon and v-prediction) and SDXL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, NamedTuple
+
+import torch
+from torch.utils.checkpoint import checkpoint as grad_checkpoint
+
+from .backend import Trajectory
+from .config import SamplingConfig
+from .errors import DCTError
+from .prompts import tokenize_with_slots
+
+
+class Conditioning(NamedTuple):
+    hidden: torch.Tensor  # [B, 77, D] (SDXL: both encoders concatenated)
+    pooled: torch.Tensor | None  # SDXL: [B, 1280] from the second encoder
+
+
+@contextmanager
+def spliced_vectors(embedding: torch.nn.Module, slots: torch.Tensor, vectors: torch.Tensor | None) -> Iterator[None]:
+    """Replace the token-embedding output at slot positions with the learned vectors (a forward hook,
+    so the model and its tokenizer are never modified and the vectors keep their gradient)."""
+    if vectors is None or not bool((slots >= 0).any()):
+        yield
+        return
+
+    def hook(_module, _inputs, output):
+        picked = vectors.to(output.dtype)[slots.clamp(min=0)]  # [B, L, D], differentiable gather
+        return torch.where((slots >= 0).unsqueeze(-1), picked, output)
+
+    handle = embedding.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def encoder_names(widths: Sequence[int]) -> list[str]:
+    if len(widths) == 2:
+        return ["clip_l", "clip_g"]
+    return ["clip_h" if widths[0] == 1024 else "clip_l"]
+
+
+class DiffusersBackend:
+    def __init__(self, pipe: Any):
+        self.pipe = pipe
+        self.unet, self.vae = pipe.unet, pipe.vae
+        encoders = [pipe.text_encoder]
+        tokenizers = [pipe.tokenizer]
+        if getattr(pipe, "text_encoder_2", None) is not None:
+            encoders.append(pipe.text_encoder_2)
+            tokenizers.append(pipe.tokenizer_2)
+        if encoders[0] is None:  # SDXL refiner-style pipelines have no first encoder
+            raise DCTError("this pipeline has no first text encoder; use a base SD1.x, SD2.x or SDXL model.")
+        self.text_encoders, self.tokenizers = encoders, tokenizers
+        self.is_sdxl = len(encoders) == 2
+        widths = [e.get_input_embeddings().weight.shape[1] for e in encoders]
+        self.encoders = dict(zip(encoder_names(widths), widths))
+        self.device = self.unet.device
+        self.dtype = self.unet.dtype
+        self.latent_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.zero_uncond = bool(getattr(pipe.config, "force_zeros_for_empty_prompt", False)) and self.is_sdxl
+
+    def modules(self) -> list[torch.nn.Module]:
+        return [self.unet, self.vae, *self.text_encoders]
+
+    def init_vectors(self, word: str, num_vectors: int) -> dict[str, torch.Tensor]:
+        out = {}
+        for name, enc, tok in zip(self.encoders, self.text_encoders, self.tokenizers):
+            ids = tok(word, add_special_tokens=False)["input_ids"]
+            if not ids:
+                raise DCTError(f"init word {word!r} gives no tokens; use a plain word such as 'a' or 'bird'.")
+            rows = enc.get_input_embeddings().weight.detach()[torch.tensor(ids, device=self.device)].float()
+            if num_vectors == 1:
+                out[name] = rows.mean(0, keepdim=True)  # a multi-token word: its mean embedding
+            else:
+                out[name] = rows[torch.arange(num_vectors) % len(ids)]
+        return out
+
+    def encode(self, prompts: Sequence[str], vectors: dict[str, torch.Tensor] | None) -> Conditioning:
+        hidden, pooled = [], None
+        for name, enc, tok in zip(self.encoders, self.text_encoders, self.tokenizers):
+            vec = None if vectors is None else vectors[name]
+            ids, slots = tokenize_with_slots(tok, prompts, 0 if vec is None else vec.shape[0])
+            ids, slots = ids.to(self.device), slots.to(self.device)
+            with spliced_vectors(enc.get_input_embeddings(), slots, vec):
+                out = enc(ids, output_hidden_states=self.is_sdxl)
+            if self.is_sdxl:
+                hidden.append(out.hidden_states[-2])  # SDXL conditions on the penultimate layer
+                if enc is self.text_encoders[-1]:
+                    pooled = out.text_embeds if hasattr(out, "text_embeds") else out.pooler_output
+            else:
+                hidden.append(out.last_hidden_state)
+        return Conditioning(torch.cat(hidden, dim=-1).to(self.dtype), pooled)
+
+    def negative(self, prompt: str, batch: int) -> Conditioning:
+        """The unconditional branch of CFG (no class token)."""
+        cond = self.encode([prompt] * batch, None)
+        if self.zero_uncond and not prompt:
+            pooled = None if cond.pooled is None else torch.zeros_like(cond.pooled)
+            return Conditioning(torch.zeros_like(cond.hidden), pooled)
+        return cond
+
+    def _scheduler(self, kind: str):
+        from diffusers import DDIMScheduler, EulerDiscreteScheduler
+
+        config = self.pipe.scheduler.config
+        cls = {"ddim": DDIMScheduler, "euler": EulerDiscreteScheduler, "own": type(self.pipe.scheduler)}[kind]
+        return cls.from_config(config)
+
+    def start(self, seeds: Sequence[int], sampling: SamplingConfig) -> Trajectory:
+        sched = self._scheduler(sampling.scheduler)
+        sched.set_timesteps(sampling.steps, device=self.device)
+        size = sampling.resolution // self.latent_scale
+        shape = (self.unet.config.in_channels, size, size)
+        noise = [torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+        latents = torch.stack(noise).to(self.device) * sched.init_noise_sigma
+        state = {"scheduler": sched, "timesteps": sched.timesteps, "guidance": sampling.guidance}
+        if self.is_sdxl:
+            r = sampling.resolution  # original size, crop (0, 0), target size
+            state["time_ids"] = torch.tensor([[r, r, 0, 0, r, r]], device=self.device, dtype=self.dtype)
+        return Trajectory(latents.to(self.dtype), total_steps=len(sched.timesteps), state=state)
+
+    def _unet(self, x: torch.Tensor, t: torch.Tensor, hidden: torch.Tensor, pooled, time_ids) -> torch.Tensor:
+        extra = {}
+        if self.is_sdxl:
+            extra["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": time_ids.expand(x.shape[0], -1)}
+        return self.unet(x, t, encoder_hidden_states=hidden, **extra).sample
+
+    def denoise(
+        self, traj: Trajectory, cond: Conditioning, uncond: Conditioning, num_steps: int, *, checkpoint: bool = False
+    ) -> torch.Tensor:
+        sched, guidance = traj.state["scheduler"], traj.state["guidance"]
+        use_cfg = guidance > 1.0
+        hidden, pooled = cond.hidden, cond.pooled
+        if use_cfg:
+            hidden = torch.cat([uncond.hidden, cond.hidden])
+            pooled = None if pooled is None else torch.cat([uncond.pooled, cond.pooled])
+        x = traj.latents
+        for _ in range(num_steps):
+            t = traj.state["timesteps"][traj.done]
+            x_in = sched.scale_model_input(torch.cat([x, x]) if use_cfg else x, t)
+            args = (x_in, t, hidden, pooled, traj.state.get("time_ids"))
+            out = grad_checkpoint(self._unet, *args, use_reentrant=False) if checkpoint else self._unet(*args)
+            if use_cfg:
+                out_u, out_c = out.chunk(2)
+                out = out_u + guidance * (out_c - out_u)
+            x = sched.step(out, t, x).prev_sample
+            traj.done += 1
+        traj.latents = x
+        return x
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        cfg = self.vae.config
+        z = latents / cfg.scaling_factor
+        if getattr(cfg, "shift_factor", None):
+            z = z + cfg.shift_factor
+        images = self.vae.decode(z.to(self.vae.dtype)).sample
+        return ((images.float() + 1) / 2).clamp(0, 1)

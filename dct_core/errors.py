@@ -1,0 +1,2 @@
+class DCTError(Exception):
+    """A user-facing error: the message says what was wrong and what to do."""

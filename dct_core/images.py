@@ -1,0 +1,46 @@
+"""Saving images and side-by-side grids (PIL), atomically."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    """[3, H, W] in [0, 1] -> RGB image."""
+    array = (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+    return Image.fromarray(array)
+
+
+def make_grid(rows: Sequence[torch.Tensor], min_cell: int = 128, pad: int = 2) -> Image.Image:
+    """One row per tensor [N, 3, H, W]; small images are scaled up (nearest) so the grid stays readable."""
+    cells = [[to_pil(img) for img in row] for row in rows]
+    h, w = cells[0][0].height, cells[0][0].width
+    scale = max(1, -(-min_cell // max(h, w)))
+    h, w = h * scale, w * scale
+    cols = max(len(r) for r in cells)
+    grid = Image.new("RGB", (cols * (w + pad) + pad, len(cells) * (h + pad) + pad), (255, 255, 255))
+    for r, row in enumerate(cells):
+        for c, img in enumerate(row):
+            grid.paste(img.resize((w, h), Image.NEAREST), (pad + c * (w + pad), pad + r * (h + pad)))
+    return grid
+
+
+def save_image(image: Image.Image, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        image.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
