@@ -1,0 +1,52 @@
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+torch.set_num_threads(1)  # two 2-thread processes on 2 cores collapse throughput (see shared/notes/trials.md)
+
+from dct_core.config import SamplingConfig  # noqa: E402
+from dct_core.diffusers_backend import DiffusersBackend  # noqa: E402
+from dct_core.generation import generate_images  # noqa: E402
+from dct_core.tiny import TINY_LABELS, tiny_classifier, tiny_pipeline  # noqa: E402
+
+TINY_SAMPLING = SamplingConfig(resolution=32, steps=4, guidance=7.0)
+
+
+def calibrated_classifier(backend, seed: int = 0):
+    prompts = [f"a photo of a {label.split(',')[0]}" for label in TINY_LABELS] * 2
+    images = generate_images(backend, prompts, range(1000, 1000 + len(prompts)), TINY_SAMPLING)
+    return tiny_classifier(images, seed=seed)
+
+
+@pytest.fixture
+def sd1_backend():
+    return DiffusersBackend(tiny_pipeline("sd1"))
+
+
+@pytest.fixture
+def sd1_world(sd1_backend):
+    return sd1_backend, calibrated_classifier(sd1_backend)
+
+
+def state_fingerprint(*modules):
+    """Every parameter and buffer, cloned, with its requires_grad flag, plus each module's training flag."""
+    out = {}
+    for i, m in enumerate(modules):
+        for name, t in list(m.named_parameters()) + list(m.named_buffers()):
+            out[f"{i}.{name}"] = (t.detach().clone(), t.requires_grad)
+        out[f"{i}.modes"] = [s.training for s in m.modules()]
+    return out
+
+
+def assert_same_state(before, after):
+    assert before.keys() == after.keys()
+    for key, value in before.items():
+        if key.endswith(".modes"):
+            assert value == after[key], f"training flags of {key} changed"
+            continue
+        tensor, flag = value
+        assert torch.equal(tensor, after[key][0]), f"{key} changed"
+        assert flag == after[key][1], f"requires_grad of {key} changed"

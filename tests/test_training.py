@@ -1,0 +1,134 @@
+"""The optimization itself, on the tiny world (tests/conftest.py explains why it is text-sensitive)."""
+
+import pytest
+import torch
+
+from conftest import TINY_SAMPLING, assert_same_state, calibrated_classifier, state_fingerprint
+from dct_core.config import TrainConfig
+from dct_core.diffusers_backend import DiffusersBackend
+from dct_core.errors import DCTError
+from dct_core.generation import generate_images, topk_accuracy
+from dct_core.prompts import prompts_for_batch
+from dct_core.tiny import tiny_pipeline
+from dct_core.training import train_class_token
+
+FAST = dict(batch_size=2, lr=0.1, sampling=TINY_SAMPLING, accuracy_threshold=1.0)
+
+
+def _modules(backend, classifier):
+    return [*backend.modules(), classifier.module]
+
+
+def test_only_the_token_changes_and_the_host_is_handed_back_as_found(sd1_world):
+    backend, classifier = sd1_world
+    for m in backend.modules():  # a user's pipeline usually has trainable flags on and some module in train mode
+        m.requires_grad_(True)
+    backend.unet.train()
+    before = state_fingerprint(*_modules(backend, classifier))
+    result = train_class_token(backend, classifier, 1, "tiger cat", TrainConfig(max_steps=3, backprop_depth=2, **FAST))
+    assert len(result.history) == 3
+    assert_same_state(before, state_fingerprint(*_modules(backend, classifier)))
+    assert all(p.grad is None for m in _modules(backend, classifier) for p in m.parameters())
+    init = backend.init_vectors("a", 1)["clip_l"]
+    assert not torch.equal(result.token.vectors["clip_l"], init.cpu()) or result.best_step == 0
+
+
+def test_the_host_is_restored_after_a_failure(sd1_world):
+    backend, classifier = sd1_world
+    before = state_fingerprint(*_modules(backend, classifier))
+
+    def boom(record, images):
+        raise RuntimeError("callback failed")
+
+    with pytest.raises(RuntimeError, match="callback failed"):
+        train_class_token(backend, classifier, 1, "tiger cat", TrainConfig(max_steps=3, **FAST), on_step=boom)
+    assert_same_state(before, state_fingerprint(*_modules(backend, classifier)))
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_gradient_flows_through_the_last_k_steps_only(sd1_world, depth):
+    backend, classifier = sd1_world
+    calls = []
+    handle = backend.unet.register_forward_pre_hook(lambda m, a: calls.append(torch.is_grad_enabled()))
+    records = []
+    try:
+        train_class_token(backend, classifier, 1, "tiger cat", TrainConfig(max_steps=1, backprop_depth=depth, **FAST),
+                          on_step=lambda r, i: records.append(r))
+    finally:
+        handle.remove()
+    steps = TINY_SAMPLING.steps
+    # no-grad calls: the trajectory before the last K steps; grad calls: K, plus K recomputations when K > 1
+    # (gradient checkpointing re-runs each UNet call in backward).
+    assert calls.count(False) == steps - depth
+    assert calls.count(True) == (depth if depth == 1 else 2 * depth)
+    assert calls[: steps - depth] == [False] * (steps - depth)
+    assert 0 < records[0].grad_norm < float("inf")
+
+
+def test_training_raises_the_target_probability_and_returns_the_best_token(sd1_world):
+    backend, classifier = sd1_world
+    target = classifier.class_index("tiger cat")
+    config = TrainConfig(max_steps=20, backprop_depth=TINY_SAMPLING.steps, patience=20, **FAST)
+    result = train_class_token(backend, classifier, target, "tiger cat", config)
+    first, best = result.history[0], result.best
+    assert first.accuracy == 0.0 and first.target_prob < 0.05  # the untrained token misses the class
+    assert best.accuracy >= 0.5
+    assert max(r.target_prob for r in result.history) > 5 * first.target_prob
+    # the returned token is the one that produced the best batch, not the last one
+    prompts = prompts_for_batch(config.templates, "tiger cat", config.batch_size)
+    vectors = {k: v.to(backend.device) for k, v in result.token.vectors.items()}
+    images = generate_images(backend, prompts, [0, 1], TINY_SAMPLING, vectors)
+    with torch.no_grad():
+        assert topk_accuracy(classifier(images), target)[1] == best.accuracy
+
+
+def test_early_stopping_threshold_patience_and_cancel(sd1_world):
+    backend, classifier = sd1_world
+    target = classifier.class_index("tiger cat")
+    depth = TINY_SAMPLING.steps
+    reached = train_class_token(backend, classifier, target, "tiger cat",
+                                TrainConfig(max_steps=20, backprop_depth=depth, **{**FAST, "accuracy_threshold": 0.5}))
+    assert reached.stopped == "threshold" and reached.history[-1].accuracy >= 0.5
+    assert len(reached.history) < 20
+    stalled = train_class_token(backend, classifier, target, "tiger cat",
+                                TrainConfig(max_steps=20, patience=2, **{**FAST, "lr": 1e-12}))
+    assert stalled.stopped == "patience" and len(stalled.history) == 3
+    polls = iter([False, False, True])
+    cancelled = train_class_token(backend, classifier, target, "tiger cat", TrainConfig(max_steps=20, **FAST),
+                                  should_cancel=lambda: next(polls))
+    assert cancelled.stopped == "cancelled" and len(cancelled.history) == 2
+    assert cancelled.token is not None and cancelled.best_step in (0, 1)
+
+
+def test_runs_are_deterministic_on_cpu_and_micro_batches_match(sd1_world):
+    backend, classifier = sd1_world
+    config = TrainConfig(max_steps=2, **{**FAST, "batch_size": 4, "accuracy_threshold": 1.0})
+    a = train_class_token(backend, classifier, 1, "tiger cat", config)
+    b = train_class_token(backend, classifier, 1, "tiger cat", config)
+    assert torch.equal(a.token.vectors["clip_l"], b.token.vectors["clip_l"])
+    assert [r.loss for r in a.history] == [r.loss for r in b.history]
+    micro = train_class_token(backend, classifier, 1, "tiger cat", TrainConfig(**{**config.__dict__, "micro_batch": 1}))
+    assert micro.history[0].loss == pytest.approx(a.history[0].loss, rel=1e-4)
+    assert micro.history[0].accuracy == a.history[0].accuracy
+
+
+@pytest.mark.parametrize("kind,prediction", [("sdxl", "epsilon"), ("sd1", "v_prediction")])
+def test_sdxl_and_v_prediction_paths_train(kind, prediction):
+    backend = DiffusersBackend(tiny_pipeline(kind, prediction_type=prediction))
+    classifier = calibrated_classifier(backend)
+    result = train_class_token(backend, classifier, 1, "tiger cat",
+                               TrainConfig(max_steps=2, backprop_depth=2, **FAST))
+    widths = {k: v.shape for k, v in result.token.vectors.items()}
+    assert widths == ({"clip_l": (1, 32), "clip_g": (1, 32)} if kind == "sdxl" else {"clip_l": (1, 32)})
+    assert all(0 < r.grad_norm < float("inf") for r in result.history)
+    assert all(r.loss == r.loss for r in result.history)
+
+
+def test_bad_settings_are_refused_before_any_work(sd1_world):
+    backend, classifier = sd1_world
+    with pytest.raises(DCTError, match="\\{token\\}"):
+        train_class_token(backend, classifier, 1, "x", TrainConfig(templates=("a photo of {label}",)))
+    with pytest.raises(DCTError, match="backprop depth"):
+        train_class_token(backend, classifier, 1, "x", TrainConfig(backprop_depth=99, sampling=TINY_SAMPLING))
+    with pytest.raises(DCTError, match="outside the classifier"):
+        train_class_token(backend, classifier, 10, "x", TrainConfig(sampling=TINY_SAMPLING))
