@@ -215,7 +215,9 @@ def cmd_generate(args) -> int:
     sampling = _sampling(args)
     token = load_class_token(args.token) if args.token else None
     if token is not None and TOKEN_MARK not in args.prompt:
-        raise DCTError(f"--prompt must contain {TOKEN_MARK} where the class token goes, e.g. 'a photo of {{token}} tiger cat'.")
+        raise DCTError(
+            f"--prompt must contain {TOKEN_MARK} where the class token goes, e.g. 'a photo of {{token}} tiger cat'."
+        )
     backend = _backend(args)
     out = Path(args.out)
     seeds = args.seeds
@@ -249,7 +251,8 @@ def cmd_eval(args) -> int:
     seeds = list(range(args.seed, args.seed + args.num_images))
     conditions = {"without token": ([strip_token(p) for p in prompts], None)}
     if token is not None:
-        conditions["with token"] = (prompts, {k: v.to(backend.device) for k, v in token.for_encoders(backend.encoders).items()})
+        vectors = {k: v.to(backend.device) for k, v in token.for_encoders(backend.encoders).items()}
+        conditions["with token"] = (prompts, vectors)
     report = {"class_index": target, "class_label": label, "classifier": args.classifier, "num_images": args.num_images,
               "first_seed": args.seed, "results": {}}
     for name, (ps, vectors) in conditions.items():
@@ -280,7 +283,8 @@ def cmd_demo(args) -> int:
     print(f"{'top-1 under the guiding classifier':<36}{'without':>9}{'with token':>12}")
     for name, row in report.table.items():
         print(f"{name:<36}{100 * row['before']:>8.1f}%{100 * row['after']:>11.1f}%")
-    print(f"wrote {report.token_path} and {report.grid_path} (rows: train seeds without/with, fresh seeds without/with)")
+    print(f"wrote {report.token_path} and {report.grid_path}")
+    print("grid rows: training seeds without / with the token, then fresh seeds without / with")
     return 0
 
 

@@ -46,7 +46,10 @@ def resolve_class(labels: list[str], query: str | int) -> int:
     if text.isdigit():
         index = int(text)
         if not 0 <= index < len(labels):
-            raise DCTError(f"class index {index} is out of range: this classifier has {len(labels)} classes (0-{len(labels) - 1}).")
+            raise DCTError(
+                f"class index {index} is out of range: this classifier has {len(labels)} classes "
+                f"(0-{len(labels) - 1})."
+            )
         return index
     wanted = text.lower()
     for i, label in enumerate(labels):
@@ -56,4 +59,7 @@ def resolve_class(labels: list[str], query: str | int) -> int:
     close = difflib.get_close_matches(wanted, list(names), n=5, cutoff=0.6)
     close += [s for s in names if wanted in s and s not in close][: 5 - len(close)]
     hint = "; close matches: " + ", ".join(f"{s!r} ({names[s]})" for s in close) if close else ""
-    raise DCTError(f"no class named {text!r} among the classifier's {len(labels)} labels{hint}. Use `dct labels` to list them.")
+    raise DCTError(
+        f"no class named {text!r} among the classifier's {len(labels)} labels{hint}. "
+        "Give the name as the labels list spells it, or the class index."
+    )

@@ -35,7 +35,10 @@ def load_timm_classifier(
     state = read_state_dict(weights) if weights is not None else None
     probe = timm.create_model(model_name, pretrained=False)
     num_classes = (_head_width(probe, state) if state is not None else None) or probe.num_classes
-    model = probe if num_classes == probe.num_classes else timm.create_model(model_name, pretrained=False, num_classes=num_classes)
+    if num_classes == probe.num_classes:
+        model = probe
+    else:
+        model = timm.create_model(model_name, pretrained=False, num_classes=num_classes)
     if state is not None:
         try:
             model.load_state_dict(state)

@@ -1,0 +1,1 @@
+"""ComfyUI glue (node schemas, the host backend). Filled by the ComfyUI nodes issue."""

@@ -1,0 +1,80 @@
+"""The `dct` command line end to end on a tiny diffusers folder and a timm classifier file."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from conftest import calibrated_classifier
+from dct_core.cli import main
+from dct_core.diffusers_backend import DiffusersBackend
+from dct_core.tiny import TINY_LABELS, tiny_pipeline
+from dct_core.tokens import load_class_token
+
+GEN = ["--resolution", "32", "--sampling-steps", "4", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    pipe = tiny_pipeline("sd1")
+    pipe.save_pretrained(root / "model")
+    classifier = calibrated_classifier(DiffusersBackend(pipe))
+    save_file(classifier.module.state_dict(), str(root / "clf.safetensors"))
+    (root / "labels.txt").write_text("\n".join(TINY_LABELS) + "\n")
+    clf = ["--classifier", "timm:test_resnet", "--classifier-weights", str(root / "clf.safetensors"),
+           "--labels", str(root / "labels.txt")]
+    return root, clf
+
+
+def test_train_writes_a_token_that_generate_and_eval_use(files, capsys):
+    root, clf = files
+    out = root / "tiger-cat.safetensors"
+    args = ["train", "--model", str(root / "model"), *clf, "--class", "tiger cat", "--out", str(out), "--steps", "3",
+            "--batch-size", "2", "--lr", "0.1", "--backprop-depth", "2", "--preview-every", "1", *GEN]
+    assert main(args) == 0
+    token = load_class_token(out)
+    assert token.vectors["clip_l"].shape == (1, 32)
+    assert token.metadata["class_label"] == "tiger cat" and token.metadata["class_index"] == "1"
+    assert token.metadata["trained_steps"] == "3" and json.loads(token.metadata["templates"])
+    assert (root / "tiger-cat-previews" / "step-0000.png").is_file()
+    assert main(args) == 2  # no silent overwrite
+    assert "already exists" in capsys.readouterr().err
+
+    gen = root / "gen"
+    assert main(["generate", "--model", str(root / "model"), "--token", str(out), "--prompt",
+                 "a photo of {token} tiger cat", "--seeds", "0-2", "--out", str(gen), *GEN]) == 0
+    assert (gen / "grid.png").is_file() and len(list(gen.glob("with-token-seed*.png"))) == 3
+    assert len(list(gen.glob("without-token-seed*.png"))) == 3
+
+    capsys.readouterr()
+    assert main(["eval", "--model", str(root / "model"), *clf, "--class", "1", "--token", str(out),
+                 "--num-images", "4", "--json", *GEN]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report["results"]) == {"without token", "with token"}
+    assert all(0 <= r["top1"] <= r["top5"] <= 1 for r in report["results"].values())
+
+
+def test_user_mistakes_are_one_line_errors_without_traceback(files, capsys):
+    root, clf = files
+    base = ["train", "--model", str(root / "model"), *clf, "--out", str(root / "x.safetensors"), *GEN]
+    assert main([*base, "--class", "tigr cat"]) == 2
+    err = capsys.readouterr().err
+    assert "no class named 'tigr cat'" in err and "'tiger cat' (1)" in err and "Traceback" not in err
+    assert main([*base, "--class", "1", "--template", "a photo of {label}"]) == 2
+    assert "must contain {token}" in capsys.readouterr().err
+    assert main(["train", "--model", str(root / "nope"), *clf, "--class", "1", "--out", str(root / "y"), *GEN]) == 2
+    assert "error" in capsys.readouterr().err
+    wide = root / "wide.safetensors"
+    save_file({"emb_params": torch.zeros(1, 768)}, str(wide))
+    assert main(["generate", "--model", str(root / "model"), "--token", str(wide), "--prompt", "a {token} cat",
+                 "--seeds", "0", "--out", str(root / "g2"), *GEN]) == 2
+    assert "need (clip_l: 32)" in capsys.readouterr().err
+
+
+def test_demo_runs_and_reports(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--steps", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "train seeds" in out and "fresh seeds" in out
+    assert (tmp_path / "tiger-cat-demo.safetensors").is_file() and (tmp_path / "before-after.png").is_file()
