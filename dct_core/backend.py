@@ -51,5 +51,5 @@ class Backend(Protocol):
         """Take ``num_steps`` CFG sampling steps; gradients follow the ambient grad mode. Returns latents
         (after the last step, the model's x0)."""
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents to images [B, 3, H, W] in [0, 1], differentiable."""
+    def decode(self, latents: torch.Tensor, *, checkpoint: bool = False) -> torch.Tensor:
+        """Latents to images [B, 3, H, W] in [0, 1], differentiable; ``checkpoint`` trades time for memory."""

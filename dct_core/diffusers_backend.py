@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+from functools import partial
 from typing import Any, NamedTuple
 
 import torch
@@ -154,10 +155,31 @@ class DiffusersBackend:
         traj.latents = x
         return x
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+    def decode(self, latents: torch.Tensor, *, checkpoint: bool = False) -> torch.Tensor:
         cfg = self.vae.config
         z = latents / cfg.scaling_factor
         if getattr(cfg, "shift_factor", None):
             z = z + cfg.shift_factor
-        images = self.vae.decode(z.to(self.vae.dtype)).sample
+        with decoder_checkpointing(self.vae.decoder) if checkpoint else nullcontext():
+            images = self.vae.decode(z.to(self.vae.dtype)).sample
         return ((images.float() + 1) / 2).clamp(0, 1)
+
+
+@contextmanager
+def decoder_checkpointing(decoder: torch.nn.Module) -> Iterator[None]:
+    """Per-block gradient checkpointing in a diffusers VAE decoder, switched on for one call and restored:
+    the decoder's backward at 512 px is the largest activation memory of a training step."""
+    had_func = "_gradient_checkpointing_func" in decoder.__dict__
+    old_flag, old_func = getattr(decoder, "gradient_checkpointing", False), decoder.__dict__.get(
+        "_gradient_checkpointing_func"
+    )
+    decoder.gradient_checkpointing = True
+    decoder._gradient_checkpointing_func = partial(grad_checkpoint, use_reentrant=False)
+    try:
+        yield
+    finally:
+        decoder.gradient_checkpointing = old_flag
+        if had_func:
+            decoder._gradient_checkpointing_func = old_func
+        else:
+            del decoder._gradient_checkpointing_func

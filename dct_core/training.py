@@ -111,7 +111,7 @@ def train_class_token(
                     backend.denoise(traj, backend.encode(prompts[lo:hi], params), negatives[n], traj.remaining - depth)
                 cond = backend.encode(prompts[lo:hi], params)
                 latents = backend.denoise(traj, cond, negatives[n], depth, checkpoint=depth > 1)
-                pixels = backend.decode(latents)
+                pixels = backend.decode(latents, checkpoint=config.checkpoint_decoder)
                 logits = classifier(pixels)
                 loss = F.cross_entropy(logits.float(), targets[lo:hi], reduction="sum") / batch
                 (scaler.scale(loss) if scaler else loss).backward()
