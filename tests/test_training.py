@@ -144,3 +144,13 @@ def test_decoder_checkpointing_gives_the_same_step_and_is_switched_off_after(sd1
     assert [r.loss for r in ckpt.history] == pytest.approx([r.loss for r in plain.history], rel=1e-5)
     torch.testing.assert_close(ckpt.token.vectors["clip_l"], plain.token.vectors["clip_l"])
     assert dict(vars(decoder)).keys() == attrs.keys() and decoder.gradient_checkpointing is False
+
+
+def test_half_precision_weights_train_an_fp32_token(sd1_world):
+    """bf16 weights (as on a GPU with --dtype bf16) run the same loop; the token stays fp32."""
+    backend, classifier = sd1_world
+    half = DiffusersBackend(backend.pipe.to(torch.bfloat16))
+    result = train_class_token(half, classifier, 1, "tiger cat", TrainConfig(max_steps=2, backprop_depth=2, **FAST))
+    assert result.token.vectors["clip_l"].dtype == torch.float32
+    assert all(r.loss == r.loss and 0 < r.grad_norm < float("inf") for r in result.history)
+    assert backend.unet.dtype == torch.bfloat16  # weights untouched in their own dtype
