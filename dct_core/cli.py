@@ -44,12 +44,27 @@ def _add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-kind", choices=["sd1", "sd2", "sd2-v", "sdxl"], help="family of a single-file checkpoint")
 
 
-def _add_classifier(p: argparse.ArgumentParser) -> None:
+def _add_classifier(p: argparse.ArgumentParser, *, target: bool = True, many: bool = True) -> None:
     c = p.add_argument_group("classifier")
-    c.add_argument("--classifier", required=True, help="timm:<model_name>")
+    if many:
+        c.add_argument("--classifier", action="append", required=True, dest="classifiers",
+                       help="timm:<name>[@weights], a timm/transformers folder, a TorchScript file or clip:<folder>; "
+                            "repeat for an ensemble; options as SPEC#pooling=mean,multi_label=true")
+    else:
+        c.add_argument("classifiers", nargs="+", metavar="CLASSIFIER", help="a classifier in any form train accepts")
     c.add_argument("--classifier-weights", help="the classifier's weights (.safetensors, .pth, .bin)")
-    c.add_argument("--labels", help="class names, one per line (default: ImageNet for 1000-class models)")
-    c.add_argument("--class", dest="target", required=True, help="target class: a name (any synonym) or an index")
+    c.add_argument("--labels", help="class names, one per line or JSON (default: from the model, or ImageNet)")
+    c.add_argument("--pooling", choices=["cls", "mean"], help="transformers ViT: mean-pooled patch tokens (ViT-MAE)")
+    c.add_argument("--multi-label", action="store_true", default=None,
+                   help="sigmoid outputs (attributes): binary cross-entropy on the target")
+    c.add_argument("--clip-template", help="zero-shot CLIP prompt (default 'a photo of a {label}')")
+    c.add_argument("--classifier-checkpointing", action="store_true",
+                   help="gradient checkpointing inside the classifier (large ViTs)")
+    if target:
+        c.add_argument("--class", dest="target", required=True,
+                       help="target class: a name (any synonym) or an index")
+        c.add_argument("--target-off", action="store_true",
+                       help="multi-label classifiers: train toward the attribute being absent")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_generation(e, seed=10_000)
 
+    lab = sub.add_parser("labels", help="list or search a classifier's class names")
+    _add_classifier(lab, target=False, many=False)
+    lab.add_argument("--search", help="show only labels containing this text (case-insensitive)")
+
+    info = sub.add_parser("classifier-info", help="what a classifier resolves to: classes, input, preprocessing")
+    _add_classifier(info, target=False, many=False)
+
     d = sub.add_parser("demo", help="train a token on the built-in tiny world (no download, CPU, ~1 min)")
     d.add_argument("--out", default="dct-demo", help="output folder (default ./dct-demo)")
     d.add_argument("--steps", type=int, default=30, help="maximum optimization steps (default 30)")
@@ -119,10 +141,17 @@ def _backend(args):
     return DiffusersBackend(pipe)
 
 
-def _classifier(args):
-    from .classifiers import load_classifier
+def _load_classifier(args):
+    from .classifiers import load_classifiers
 
-    classifier = load_classifier(args.classifier, args.classifier_weights, args.labels)
+    return load_classifiers(
+        args.classifiers, args.classifier_weights, args.labels, pooling=args.pooling, multi_label=args.multi_label,
+        template=args.clip_template, grad_checkpointing=args.classifier_checkpointing,
+    )
+
+
+def _classifier(args):
+    classifier = _load_classifier(args)
     return classifier, classifier.class_index(args.target)
 
 
@@ -187,7 +216,8 @@ def cmd_train(args) -> int:
     label = classifier.class_name(target)
     name = sanitize_name(out.stem)
     meta = {
-        "class_index": str(target), "class_label": label, "classifier": args.classifier,
+        "class_index": str(target), "class_label": label, "classifier": " + ".join(args.classifiers),
+        "target": "off" if args.target_off else "on",
         "base_model": Path(args.model).name, "templates": json.dumps(list(config.templates)),
         "trigger": name, "init_word": config.init_word, "lr": str(config.lr), "batch_size": str(config.batch_size),
         "seed": str(config.seed), "resolution": str(config.sampling.resolution),
@@ -198,7 +228,7 @@ def cmd_train(args) -> int:
     bar, on_step = _step_printer(config.max_steps, out.parent / f"{name}-previews", args.preview_every)
     with _CancelOnInterrupt() as cancel, bar:
         result = train_class_token(backend, classifier, target, label, config, name=name, on_step=on_step,
-                                   should_cancel=cancel, metadata=meta)
+                                   should_cancel=cancel, metadata=meta, target_on=not args.target_off)
     if not result.history:
         raise DCTError("training stopped before the first step finished; nothing was saved.")
     result.token.metadata["trained_steps"] = str(len(result.history))
@@ -256,20 +286,50 @@ def cmd_eval(args) -> int:
     if token is not None:
         vectors = {k: v.to(backend.device) for k, v in token.for_encoders(backend.encoders).items()}
         conditions["with token"] = (prompts, vectors)
-    report = {"class_index": target, "class_label": label, "classifier": args.classifier, "num_images": args.num_images,
-              "first_seed": args.seed, "results": {}}
+    report = {"class_index": target, "class_label": label, "classifier": " + ".join(args.classifiers),
+              "target": "off" if args.target_off else "on", "num_images": args.num_images, "first_seed": args.seed,
+              "results": {}}
     for name, (ps, vectors) in conditions.items():
         images = generate_images(backend, ps, seeds, sampling, vectors)
         with torch.no_grad():
-            acc = topk_accuracy(classifier(images.to(backend.device)), target)
-        report["results"][name] = {"top1": acc[1], "top5": acc[5]}
+            logits = classifier(images.to(backend.device))
+        if classifier.multi_label:  # attributes: the rate of images with the attribute as wanted
+            rate = float(classifier.hits(logits, target, not args.target_off).float().mean())
+            report["results"][name] = {"top1": rate, "top5": None}
+        else:
+            acc = topk_accuracy(logits, target)
+            report["results"][name] = {"top1": acc[1], "top5": acc[5]}
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print(f"class {target} {label!r}, {args.num_images} images, classifier {args.classifier}")
+        print(f"class {target} {label!r}, {args.num_images} images, classifier {report['classifier']}")
         print(f"{'condition':<16}{'top-1':>8}{'top-5':>8}")
         for name, r in report["results"].items():
-            print(f"{name:<16}{100 * r['top1']:>7.1f}%{100 * r['top5']:>7.1f}%")
+            top5 = "-" if r["top5"] is None else f"{100 * r['top5']:.1f}%"
+            print(f"{name:<16}{100 * r['top1']:>7.1f}%{top5:>8}")
+    return 0
+
+
+def cmd_labels(args) -> int:
+    from .classifiers.labels import synonyms
+
+    classifier = _load_classifier(args)
+    wanted = (args.search or "").strip().lower()
+    shown = 0
+    for i, label in enumerate(classifier.labels):
+        if not wanted or any(wanted in s for s in synonyms(label)) or wanted in label.lower():
+            print(f"{i:>6}  {label}")
+            shown += 1
+    if wanted and not shown:
+        raise DCTError(f"no label contains {args.search!r}; run without --search to list all {classifier.num_classes}.")
+    return 0
+
+
+def cmd_classifier_info(args) -> int:
+    classifier = _load_classifier(args)
+    params = sum(p.numel() for p in classifier.module.parameters())
+    print(classifier.describe())
+    print(f"parameters: {params / 1e6:.2f} M; first labels: {', '.join(classifier.labels[:5])}")
     return 0
 
 
@@ -293,7 +353,10 @@ def cmd_demo(args) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"train": cmd_train, "generate": cmd_generate, "eval": cmd_eval, "demo": cmd_demo}[args.command]
+    handler = {
+        "train": cmd_train, "generate": cmd_generate, "eval": cmd_eval, "demo": cmd_demo, "labels": cmd_labels,
+        "classifier-info": cmd_classifier_info,
+    }[args.command]
     try:
         return handler(args)
     except DCTError as exc:

@@ -13,10 +13,9 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from .backend import Backend
-from .classifiers import ImageClassifier
+from .classifiers import Classifier
 from .config import TrainConfig
 from .errors import DCTError
 from .freezing import frozen
@@ -54,7 +53,7 @@ def _autocast(device: torch.device, dtype: torch.dtype):
 
 def train_class_token(
     backend: Backend,
-    classifier: ImageClassifier,
+    classifier: Classifier,
     target: int,
     label: str,
     config: TrainConfig = TrainConfig(),
@@ -63,8 +62,10 @@ def train_class_token(
     on_step: Callable[[StepRecord, torch.Tensor], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
     metadata: dict[str, str] | None = None,
+    target_on: bool = True,
 ) -> TrainResult:
-    """Learn v_c so that images of "<template with {token} and label>" are classified as ``target``.
+    """Learn v_c so that images of "<template with {token} and label>" are classified as ``target``
+    (for a multi-label classifier: with attribute ``target`` on, or off when ``target_on`` is False).
 
     ``on_step(record, images)`` gets each step's record and its decoded batch (CPU, [0, 1]);
     ``should_cancel()`` is polled before each step and micro-batch: a cancelled run returns the best token so far.
@@ -72,6 +73,8 @@ def train_class_token(
     config.validate()
     if not 0 <= target < classifier.num_classes:
         raise DCTError(f"target class {target} is outside the classifier's {classifier.num_classes} classes.")
+    if not target_on and not classifier.multi_label:
+        raise DCTError("an 'off' target needs a multi-label (attribute) classifier.")
     device, dtype = backend.device, getattr(backend, "dtype", torch.float32)
     classifier.to(device)
     params = {
@@ -85,7 +88,6 @@ def train_class_token(
     prompts = prompts_for_batch(config.templates, label, batch)
     seeds = [config.seed + i for i in range(batch)]
     depth, sampling = config.backprop_depth, config.sampling
-    targets = torch.full((batch,), target, device=device, dtype=torch.long)
 
     result = TrainResult(token=_token(params, name, metadata))
     best_key, best_loss, since_better = None, float("inf"), 0
@@ -113,12 +115,11 @@ def train_class_token(
                 latents = backend.denoise(traj, cond, negatives[n], depth, checkpoint=depth > 1)
                 pixels = backend.decode(latents, checkpoint=config.checkpoint_decoder)
                 logits = classifier(pixels)
-                loss = F.cross_entropy(logits.float(), targets[lo:hi], reduction="sum") / batch
+                loss = classifier.loss(logits.float(), target, target_on).sum() / batch
                 (scaler.scale(loss) if scaler else loss).backward()
                 loss_sum += float(loss.detach())
-                with torch.no_grad():
-                    probs.append(logits.float().softmax(-1)[:, target].cpu())
-                    hits += int((logits.argmax(-1) == target).sum())
+                probs.append(classifier.target_prob(logits.float(), target, target_on).cpu())
+                hits += int(classifier.hits(logits, target, target_on).sum())
                 images.append(pixels.detach().float().cpu())
             if cancelled:
                 result.stopped = "cancelled"

@@ -55,7 +55,7 @@ def test_labels_mismatch_and_unknown_names_are_clear_errors(tmp_path):
         resolve_class(["a", "b"], "7")
     with pytest.raises(DCTError, match="no architecture"):
         load_classifier("timm:not_a_model_xyz")
-    with pytest.raises(DCTError, match="unknown classifier"):
+    with pytest.raises(DCTError, match="neither an existing file or folder nor a known form"):
         load_classifier("nonsense")
 
 

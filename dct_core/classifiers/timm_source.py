@@ -1,7 +1,9 @@
-"""timm classifiers: an architecture name plus a local weights file, loaded without running pickled code."""
+"""timm classifiers: an architecture name plus a local weights file, or a folder in timm's hub layout
+(config.json + model.safetensors). Weights are read without running pickled code."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -23,32 +25,30 @@ def _head_width(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> int |
     return None
 
 
-def load_timm_classifier(
-    model_name: str, weights: str | Path | None = None, labels: str | Path | list[str] | None = None
-) -> ImageClassifier:
+def _check_name(model_name: str) -> None:
     import timm
 
     if not timm.is_model(model_name):
         close = timm.list_models(f"*{model_name.split('.')[0][:6]}*")[:5]
         hint = f"; similar names: {', '.join(close)}" if close else ""
         raise DCTError(f"timm has no architecture named {model_name!r}{hint}.")
-    state = read_state_dict(weights) if weights is not None else None
-    probe = timm.create_model(model_name, pretrained=False)
-    num_classes = (_head_width(probe, state) if state is not None else None) or probe.num_classes
-    if num_classes == probe.num_classes:
-        model = probe
-    else:
-        model = timm.create_model(model_name, pretrained=False, num_classes=num_classes)
-    if state is not None:
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as exc:
-            first = str(exc).splitlines()[1:2] or [str(exc)[:200]]
-            raise DCTError(f"weights {weights} do not fit timm model {model_name!r}: {first[0].strip()}") from exc
+
+
+def _load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str, model_name: str) -> None:
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[1:2] or [str(exc)[:200]]
+        raise DCTError(f"weights {source} do not fit timm model {model_name!r}: {first[0].strip()}") from exc
+
+
+def _names(labels, num_classes: int, fallback: list[str] | None, model_name: str) -> list[str]:
     if isinstance(labels, list):
         names = labels
     elif labels is not None:
         names = read_labels(labels)
+    elif fallback:
+        names = fallback
     elif num_classes == 1000:
         names = imagenet_labels()
     else:
@@ -58,5 +58,58 @@ def load_timm_classifier(
             f"the labels list has {len(names)} names but the classifier {model_name!r} outputs {num_classes} "
             "classes; give a labels file with one name per class, in class-index order."
         )
+    return names
+
+
+def load_timm_classifier(
+    model_name: str, weights: str | Path | None = None, labels: str | Path | list[str] | None = None,
+    *, multi_label: bool = False,
+) -> ImageClassifier:
+    import timm
+
+    _check_name(model_name)
+    state = read_state_dict(weights) if weights is not None else None
+    probe = timm.create_model(model_name, pretrained=False)
+    num_classes = (_head_width(probe, state) if state is not None else None) or probe.num_classes
+    if num_classes == probe.num_classes:
+        model = probe
+    else:
+        model = timm.create_model(model_name, pretrained=False, num_classes=num_classes)
+    if state is not None:
+        _load_weights(model, state, str(weights), model_name)
+    names = _names(labels, num_classes, None, model_name)
     model.eval().requires_grad_(False)
-    return ImageClassifier(model, names, Preprocess.from_timm(model), name=f"timm:{model_name}")
+    return ImageClassifier(model, names, Preprocess.from_timm(model), name=f"timm:{model_name}",
+                           multi_label=multi_label)
+
+
+def is_timm_folder(folder: Path) -> bool:
+    config = folder / "config.json"
+    return config.is_file() and "architecture" in json.loads(config.read_text())
+
+
+def load_timm_folder(folder: str | Path, labels=None, *, multi_label: bool = False) -> ImageClassifier:
+    """A folder as timm writes it for the hub: config.json (architecture, num_classes, pretrained_cfg,
+    optional label_names / model_args) and model.safetensors (or pytorch_model.bin)."""
+    import timm
+
+    folder = Path(folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    arch = cfg["architecture"]
+    _check_name(arch)
+    weights = next((folder / n for n in ("model.safetensors", "pytorch_model.bin") if (folder / n).is_file()), None)
+    if weights is None:
+        raise DCTError(f"{folder} has a timm config.json but no model.safetensors or pytorch_model.bin.")
+    pretrained_cfg = cfg.get("pretrained_cfg", {})
+    num_classes = cfg.get("num_classes", pretrained_cfg.get("num_classes", 1000))
+    model_args = {**cfg.get("model_args", {}), "num_classes": num_classes}
+    model = timm.create_model(arch, pretrained=False, pretrained_cfg_overlay=pretrained_cfg, **model_args)
+    _load_weights(model, read_state_dict(weights), str(weights), arch)
+    fallback = cfg.get("label_names") or pretrained_cfg.get("label_names")
+    if fallback and cfg.get("label_descriptions"):  # descriptions ("tabby, tabby cat") resolve better than ids
+        descriptions = cfg["label_descriptions"]
+        fallback = [descriptions.get(n, n) for n in fallback] if isinstance(descriptions, dict) else fallback
+    names = _names(labels, num_classes, fallback, arch)
+    model.eval().requires_grad_(False)
+    return ImageClassifier(model, names, Preprocess.from_timm(model), name=f"timm:{folder.name}",
+                           multi_label=multi_label)

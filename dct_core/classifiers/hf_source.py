@@ -1,0 +1,84 @@
+"""Hugging Face transformers image classifiers (ViT, Swin, ConvNeXt, BEiT, ...) from a local folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..errors import DCTError
+from .base import ImageClassifier
+from .labels import read_labels
+from .preprocess import Preprocess
+
+_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}  # PIL codes used by image processors
+
+
+def preprocess_from_folder(folder: Path, default_size: int = 224, default_mean=(0.5,) * 3, default_std=(0.5,) * 3):
+    """The image processor's own settings (preprocessor_config.json), as a differentiable Preprocess."""
+    path = folder / "preprocessor_config.json"
+    cfg = json.loads(path.read_text()) if path.is_file() else {}
+    size = cfg.get("size", default_size)
+    crop = cfg.get("crop_size")
+    if isinstance(size, dict) and "shortest_edge" in size:
+        short = int(size["shortest_edge"])
+        if cfg.get("do_center_crop", crop is not None) and crop:
+            crop_hw = (crop["height"], crop["width"]) if isinstance(crop, dict) else (crop, crop)
+        else:
+            crop_hw = (short, short)
+        crop_pct = min(crop_hw) / short
+    else:
+        hw = (size["height"], size["width"]) if isinstance(size, dict) else (int(size), int(size))
+        crop_hw, crop_pct = hw, 1.0
+    return Preprocess(
+        input_size=tuple(int(v) for v in crop_hw),
+        crop_pct=float(cfg.get("crop_pct") or crop_pct),
+        interpolation=_RESAMPLE.get(cfg.get("resample", 3), "bicubic"),
+        mean=tuple(cfg.get("image_mean", default_mean)),
+        std=tuple(cfg.get("image_std", default_std)),
+    )
+
+
+class HFLogits(torch.nn.Module):
+    """Normalized images -> logits; ``pooling="mean"`` reads the mean of the patch tokens (ViT-MAE fine-tunes)
+    through the final layer norm instead of the CLS token."""
+
+    def __init__(self, model: torch.nn.Module, pooling: str = "cls"):
+        super().__init__()
+        self.model, self.pooling = model, pooling
+        if pooling == "mean" and not hasattr(model, "vit"):
+            raise DCTError("pooling=mean applies to ViT classifiers (ViTForImageClassification) only.")
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if self.pooling == "mean":
+            vit = self.model.vit
+            hidden = vit(pixel_values=pixel_values, output_hidden_states=True).hidden_states[-1]
+            return self.model.classifier(vit.layernorm(hidden[:, 1:].mean(1)))
+        return self.model(pixel_values=pixel_values).logits
+
+
+def load_hf_classifier(folder: str | Path, labels=None, *, pooling: str = "cls", multi_label: bool | None = None):
+    from transformers import AutoModelForImageClassification
+
+    folder = Path(folder)
+    try:
+        model = AutoModelForImageClassification.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError, KeyError) as exc:
+        raise DCTError(f"{folder} is not a loadable transformers image classifier: {str(exc).splitlines()[0]}") from exc
+    config = model.config
+    if labels is not None:
+        names = labels if isinstance(labels, list) else read_labels(labels)
+    else:
+        names = [config.id2label[i] for i in range(config.num_labels)]
+    if len(names) != config.num_labels:
+        raise DCTError(
+            f"the labels list has {len(names)} names but the classifier {folder.name!r} outputs "
+            f"{config.num_labels} classes; give one name per class, in class-index order."
+        )
+    if multi_label is None:
+        multi_label = getattr(config, "problem_type", None) == "multi_label_classification"
+    size = getattr(config, "image_size", 224)
+    preprocess = preprocess_from_folder(folder, size if isinstance(size, int) else size[0])
+    module = HFLogits(model.eval().requires_grad_(False), pooling).eval()
+    return ImageClassifier(module, names, preprocess, name=f"transformers:{folder.name}", multi_label=multi_label)

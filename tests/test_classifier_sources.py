@@ -1,0 +1,213 @@
+"""Every classifier form loads through one interface, offline, from tiny random models written to disk."""
+
+import json
+import pickle
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from conftest import TINY_SAMPLING
+from dct_core.classifiers import EnsembleClassifier, ImageClassifier, Preprocess, load_classifier, load_classifiers
+from dct_core.cli import main
+from dct_core.config import TrainConfig
+from dct_core.diffusers_backend import DiffusersBackend
+from dct_core.errors import DCTError
+from dct_core.tiny import TINY_LABELS, tiny_pipeline
+from dct_core.training import train_class_token
+
+LABELS = ["tabby, tabby cat", "tiger cat", "kite", "iron", "warbler"]
+
+
+def _assert_image_gradient(classifier, size=48):
+    images = torch.rand(2, 3, size, size, requires_grad=True)
+    logits = classifier(images)
+    assert logits.shape == (2, classifier.num_classes) and torch.isfinite(logits).all()
+    logits[:, 1].sum().backward()
+    assert images.grad.abs().sum() > 0
+    return logits
+
+
+def test_timm_hub_folder_with_label_names(tmp_path):
+    from timm.models._hub import save_for_hf
+
+    model = timm.create_model("test_vit", pretrained=False, num_classes=len(LABELS))
+    save_for_hf(model, str(tmp_path / "vit"), model_config={"label_names": LABELS})
+    clf = load_classifier(str(tmp_path / "vit"))
+    assert clf.labels == LABELS and clf.class_index("tabby") == 0
+    assert clf.preprocess.input_size == tuple(model.pretrained_cfg["input_size"][1:])
+    _assert_image_gradient(clf)
+    images = torch.rand(2, 3, 48, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(clf(images), model.eval()(clf.preprocess(images)))
+
+
+
+def _tiny_vit_folder(path, problem_type=None):
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    torch.manual_seed(0)
+    config = ViTConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, image_size=32,
+                       patch_size=8, num_labels=len(LABELS), id2label=dict(enumerate(LABELS)),
+                       label2id={n: i for i, n in enumerate(LABELS)}, problem_type=problem_type)
+    model = ViTForImageClassification(config).eval()
+    model.save_pretrained(path)
+    ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(path)
+    return model
+
+
+def test_transformers_folder_cls_and_mae_mean_pooling(tmp_path):
+    model = _tiny_vit_folder(tmp_path / "vit")
+    clf = load_classifier(str(tmp_path / "vit"))
+    assert clf.labels == LABELS and clf.preprocess.input_size == (32, 32) and clf.preprocess.mean == (0.5,) * 3
+    images = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(clf(images), model(pixel_values=(images - 0.5) / 0.5).logits)
+    _assert_image_gradient(clf, 32)
+    mean = load_classifier(str(tmp_path / "vit") + "#pooling=mean")
+    with torch.no_grad():
+        x = (images - 0.5) / 0.5
+        hidden = model.vit(pixel_values=x, output_hidden_states=True).hidden_states[-1]
+        expected = model.classifier(model.vit.layernorm(hidden[:, 1:].mean(1)))
+        torch.testing.assert_close(mean(images), expected)
+        assert not torch.allclose(mean(images), clf(images))
+
+
+def test_transformers_multi_label_config_is_detected(tmp_path):
+    _tiny_vit_folder(tmp_path / "attr", problem_type="multi_label_classification")
+    assert load_classifier(str(tmp_path / "attr")).multi_label
+
+
+class _TinyCNN(torch.nn.Module):
+    def __init__(self, classes):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, stride=2)
+        self.fc = torch.nn.Linear(8, classes)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).relu().mean((2, 3)))
+
+
+def test_torchscript_with_sidecar_and_attribute_objective(tmp_path):
+    torch.manual_seed(0)
+    scripted = torch.jit.script(_TinyCNN(3))
+    scripted.save(str(tmp_path / "celeba.pt"))
+    (tmp_path / "celeba.pt.json").write_text(json.dumps(
+        {"labels": ["Bald", "Smiling", "Eyeglasses"], "input_size": [24, 24], "multi_label": True}))
+    clf = load_classifier(str(tmp_path / "celeba.pt"))
+    assert clf.multi_label and clf.class_index("bald") == 0 and clf.preprocess.input_size == (24, 24)
+    logits = _assert_image_gradient(clf)
+    on, off = clf.loss(logits, 0, True), clf.loss(logits, 0, False)
+    p = logits[:, 0].sigmoid()
+    torch.testing.assert_close(on, -p.log())
+    torch.testing.assert_close(off, -(1 - p).log())
+    assert torch.equal(clf.hits(logits, 0, True), logits[:, 0] > 0)
+    with pytest.raises(DCTError, match="needs class names"):
+        (tmp_path / "celeba.pt.json").unlink()
+        load_classifier(str(tmp_path / "celeba.pt"))
+    with pytest.raises(DCTError, match="outputs 3 classes"):
+        load_classifier(str(tmp_path / "celeba.pt"), labels=["a", "b"])
+
+
+def _tiny_clip_folder(path):
+    from transformers import CLIPConfig, CLIPModel
+
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        text_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                         vocab_size=49408, max_position_embeddings=77),
+        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=32, patch_size=8),
+        projection_dim=16,
+    )
+    CLIPModel(config).save_pretrained(path)
+
+
+def test_zero_shot_clip_classifies_free_text_labels_and_trains_a_token(tmp_path):
+    _tiny_clip_folder(tmp_path / "clip")
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(TINY_LABELS))
+    clf = load_classifier(f"clip:{tmp_path / 'clip'}", labels=labels)
+    assert clf.num_classes == len(TINY_LABELS) and clf.preprocess.input_size == (32, 32)
+    _assert_image_gradient(clf, 32)
+    other = load_classifier(f"clip:{tmp_path / 'clip'}#template=a drawing of {{label}}", labels=labels)
+    images = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert not torch.allclose(clf(images), other(images))  # the prompt template matters
+    assert load_classifier(f"clip:{tmp_path / 'clip'}").num_classes == 1000  # ImageNet names by default
+    backend = DiffusersBackend(tiny_pipeline("sd1"))
+    result = train_class_token(backend, clf, 1, "tiger cat", TrainConfig(
+        batch_size=2, lr=0.1, max_steps=6, backprop_depth=TINY_SAMPLING.steps, sampling=TINY_SAMPLING,
+        accuracy_threshold=1.0, patience=6))
+    losses = [r.loss for r in result.history]
+    assert min(losses[1:]) < losses[0]  # the token moves the zero-shot verdict toward the target text
+
+
+def test_ensemble_averages_log_probabilities(tmp_path):
+    paths = []
+    for i, name in enumerate(["test_resnet", "test_efficientnet"]):
+        torch.manual_seed(i)
+        model = timm.create_model(name, pretrained=False, num_classes=len(LABELS))
+        paths.append(tmp_path / f"{name}.safetensors")
+        save_file(model.state_dict(), str(paths[-1]))
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(LABELS))
+    specs = [f"timm:test_resnet@{paths[0]}", f"timm:test_efficientnet@{paths[1]}"]
+    ens = load_classifiers(specs, labels=labels)
+    assert isinstance(ens, EnsembleClassifier) and ens.labels == LABELS
+    images = torch.rand(2, 3, 48, 48)
+    with torch.no_grad():
+        parts = [m(images).log_softmax(-1) for m in ens.members]
+        torch.testing.assert_close(ens(images), (parts[0] + parts[1]) / 2)
+    _assert_image_gradient(ens)
+    with pytest.raises(DCTError, match="in an ensemble write timm:<name>@FILE"):
+        load_classifiers(specs, weights=paths[0])
+    small = ImageClassifier(torch.nn.Linear(1, 2), ["a", "b"], Preprocess())
+    with pytest.raises(DCTError, match="disagree on the classes"):
+        EnsembleClassifier([ens.members[0], small])
+
+
+def test_off_target_needs_a_multi_label_classifier():
+    clf = ImageClassifier(torch.nn.Linear(1, 2), ["a", "b"], Preprocess())
+    with pytest.raises(DCTError, match="multi-label"):
+        clf.loss(torch.zeros(1, 2), 0, on=False)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (exec, ("open('PWNED_MARKER', 'w').close()",))
+
+
+def test_a_timm_folder_with_a_malicious_pickle_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "evil"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"architecture": "test_resnet", "num_classes": 3}))
+    with open(folder / "pytorch_model.bin", "wb") as f:
+        pickle.dump({"fc.weight": _Evil()}, f)
+    with pytest.raises(DCTError, match="refused"):
+        load_classifier(str(folder))
+    assert not (tmp_path / "PWNED_MARKER").exists()
+
+
+def test_unknown_forms_say_what_is_accepted(tmp_path):
+    (tmp_path / "weights.safetensors").write_bytes(b"x")
+    with pytest.raises(DCTError, match="timm:<architecture> --classifier-weights"):
+        load_classifier(str(tmp_path / "weights.safetensors"))
+    with pytest.raises(DCTError, match="unknown classifier option"):
+        load_classifier("timm:test_resnet#colour=red")
+    _tiny_clip_folder(tmp_path / "clip")
+    with pytest.raises(DCTError, match="clip:"):
+        load_classifier(str(tmp_path / "clip"))
+
+
+def test_labels_and_classifier_info_commands(capsys):
+    assert main(["labels", "timm:test_resnet", "--search", "tiger"]) == 0
+    out = capsys.readouterr().out
+    assert "   282  tiger cat" in out and "   292  tiger, Panthera tigris" in out and "tabby" not in out
+    assert main(["labels", "timm:test_resnet", "--search", "zzzz"]) == 2
+    assert "no label contains" in capsys.readouterr().err
+    assert main(["classifier-info", "timm:test_resnet"]) == 0
+    out = capsys.readouterr().out
+    assert "1000 classes" in out and "input 160x160" in out and "crop_pct 0.95, bilinear, mean (0.5, 0.5, 0.5)" in out
