@@ -8,22 +8,12 @@ a scaled head); otherwise no token could change a prediction and a test could pa
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from .classifiers import ImageClassifier, Preprocess
+from .model_loading import clip_tokenizer
 
-TOKENIZER_DIR = Path(__file__).parent / "configs" / "clip_tokenizer"
 TINY_RESOLUTION = 32
-
-
-def tiny_tokenizer(pad_token: str = "<|endoftext|>"):
-    from transformers import CLIPTokenizer
-
-    return CLIPTokenizer(
-        str(TOKENIZER_DIR / "vocab.json"), str(TOKENIZER_DIR / "merges.txt"), model_max_length=77, pad_token=pad_token
-    )
 
 
 def _text_encoder(width: int, projection: int | None, text_gain: float, seed: int):
@@ -81,12 +71,12 @@ def tiny_pipeline(kind: str = "sd1", *, seed: int = 0, text_gain: float = 5.0, p
     text_encoder = _text_encoder(32, None, text_gain, seed + 2)
     if not sdxl:
         return StableDiffusionPipeline(
-            vae=vae, text_encoder=text_encoder, tokenizer=tiny_tokenizer(), unet=unet, scheduler=scheduler,
+            vae=vae, text_encoder=text_encoder, tokenizer=clip_tokenizer(), unet=unet, scheduler=scheduler,
             safety_checker=None, feature_extractor=None, requires_safety_checker=False,
         )
     return StableDiffusionXLPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tiny_tokenizer(), unet=unet, scheduler=scheduler,
-        text_encoder_2=_text_encoder(32, 32, text_gain, seed + 3), tokenizer_2=tiny_tokenizer("!"),
+        vae=vae, text_encoder=text_encoder, tokenizer=clip_tokenizer(), unet=unet, scheduler=scheduler,
+        text_encoder_2=_text_encoder(32, 32, text_gain, seed + 3), tokenizer_2=clip_tokenizer("!"),
     )
 
 

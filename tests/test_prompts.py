@@ -1,12 +1,12 @@
 import pytest
 
 from dct_core.errors import DCTError
+from dct_core.model_loading import clip_tokenizer
 from dct_core.prompts import check_templates, prompts_for_batch, strip_token, tokenize_with_slots
-from dct_core.tiny import tiny_tokenizer
 
 
 def test_prompt_without_marker_tokenizes_like_the_tokenizer():
-    tok = tiny_tokenizer()
+    tok = clip_tokenizer()
     prompt = "A high-resolution realistic image of a tiger cat"
     ids, slots = tokenize_with_slots(tok, [prompt], 1)
     expected = tok(prompt, padding="max_length", max_length=77, truncation=True)["input_ids"]
@@ -15,7 +15,7 @@ def test_prompt_without_marker_tokenizes_like_the_tokenizer():
 
 
 def test_marker_takes_one_slot_per_vector_and_the_rest_matches():
-    tok = tiny_tokenizer()
+    tok = clip_tokenizer()
     ids, slots = tokenize_with_slots(tok, ["A photo of {token} tiger cat"], 3)
     plain = tok("A photo of tiger cat", padding="max_length", max_length=77)["input_ids"]
     row, slot = ids[0].tolist(), slots[0].tolist()
@@ -37,6 +37,6 @@ def test_template_checks_and_batch_pairs():
 
 
 def test_class_token_past_the_context_window_is_an_error():
-    tok = tiny_tokenizer()
+    tok = clip_tokenizer()
     with pytest.raises(DCTError, match="too long"):
         tokenize_with_slots(tok, ["word " * 80 + "{token}"], 1)

@@ -46,9 +46,9 @@ def load_clip_classifier(folder: str | Path, labels=None, *, template: str = DEF
     if (folder / "vocab.json").is_file():
         tokenizer = CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
     else:
-        from ..tiny import tiny_tokenizer  # the CLIP BPE vocabulary shipped with the package
+        from ..model_loading import clip_tokenizer  # the CLIP BPE vocabulary shipped with the package
 
-        tokenizer = tiny_tokenizer()
+        tokenizer = clip_tokenizer()
     names = imagenet_labels() if labels is None else labels if isinstance(labels, list) else read_labels(labels)
     prompts = [template.format(label=display_name(n)) for n in names]
     with torch.no_grad():
