@@ -51,6 +51,7 @@ class TrainConfig:
     accuracy_threshold: float = 0.7  # stop once a batch reaches this accuracy (reference code)
     patience: int = 15  # or after this many steps without a lower loss
     backprop_depth: int = 1  # K: sampling steps taken with gradient (paper: 1, "gradient skipping")
+    checkpoint_unet: bool = False  # block-level checkpointing in the UNet's grad steps (always on when K > 1)
     checkpoint_decoder: bool = False  # recompute the VAE decoder in backward: less memory, one more decode
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 

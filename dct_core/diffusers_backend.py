@@ -137,49 +137,61 @@ class DiffusersBackend:
     ) -> torch.Tensor:
         sched, guidance = traj.state["scheduler"], traj.state["guidance"]
         use_cfg = guidance > 1.0
-        hidden, pooled = cond.hidden, cond.pooled
-        if use_cfg:
-            hidden = torch.cat([uncond.hidden, cond.hidden])
-            pooled = None if pooled is None else torch.cat([uncond.pooled, cond.pooled])
         x = traj.latents
-        for _ in range(num_steps):
-            t = traj.state["timesteps"][traj.done]
-            x_in = sched.scale_model_input(torch.cat([x, x]) if use_cfg else x, t)
-            args = (x_in, t, hidden, pooled, traj.state.get("time_ids"))
-            out = grad_checkpoint(self._unet, *args, use_reentrant=False) if checkpoint else self._unet(*args)
-            if use_cfg:
-                out_u, out_c = out.chunk(2)
-                out = out_u + guidance * (out_c - out_u)
-            x = sched.step(out, t, x).prev_sample
-            traj.done += 1
+        with gradient_checkpointing(self.unet) if checkpoint else nullcontext():
+            for _ in range(num_steps):
+                t = traj.state["timesteps"][traj.done]
+                out = self._guided(sched, x, t, cond, uncond if use_cfg else None, guidance, traj.state.get("time_ids"))
+                x = sched.step(out, t, x).prev_sample
+                traj.done += 1
         traj.latents = x
         return x
+
+    def _guided(self, sched, x, t, cond: Conditioning, uncond: Conditioning | None, guidance: float, time_ids):
+        """The CFG model output. When the latents carry no gradient (the last step with K = 1), the
+        unconditional branch cannot reach the token: it runs without autograd, halving what backward stores."""
+        x_in = sched.scale_model_input(x, t)
+        if uncond is None:
+            return self._unet(x_in, t, cond.hidden, cond.pooled, time_ids)
+        if torch.is_grad_enabled() and not x.requires_grad:
+            with torch.no_grad():
+                out_u = self._unet(x_in, t, uncond.hidden, uncond.pooled, time_ids)
+            out_c = self._unet(x_in, t, cond.hidden, cond.pooled, time_ids)
+        else:
+            pooled = None if cond.pooled is None else torch.cat([uncond.pooled, cond.pooled])
+            out_u, out_c = self._unet(torch.cat([x_in, x_in]), t, torch.cat([uncond.hidden, cond.hidden]),
+                                      pooled, time_ids).chunk(2)
+        return out_u + guidance * (out_c - out_u)
 
     def decode(self, latents: torch.Tensor, *, checkpoint: bool = False) -> torch.Tensor:
         cfg = self.vae.config
         z = latents / cfg.scaling_factor
         if getattr(cfg, "shift_factor", None):
             z = z + cfg.shift_factor
-        with decoder_checkpointing(self.vae.decoder) if checkpoint else nullcontext():
+        with gradient_checkpointing(self.vae.decoder) if checkpoint else nullcontext():
             images = self.vae.decode(z.to(self.vae.dtype)).sample
         return ((images.float() + 1) / 2).clamp(0, 1)
 
 
 @contextmanager
-def decoder_checkpointing(decoder: torch.nn.Module) -> Iterator[None]:
-    """Per-block gradient checkpointing in a diffusers VAE decoder, switched on for one call and restored:
-    the decoder's backward at 512 px is the largest activation memory of a training step."""
-    had_func = "_gradient_checkpointing_func" in decoder.__dict__
-    old_flag, old_func = getattr(decoder, "gradient_checkpointing", False), decoder.__dict__.get(
-        "_gradient_checkpointing_func"
-    )
-    decoder.gradient_checkpointing = True
-    decoder._gradient_checkpointing_func = partial(grad_checkpoint, use_reentrant=False)
+def gradient_checkpointing(model: torch.nn.Module) -> Iterator[None]:
+    """Block-level gradient checkpointing in a diffusers model (UNet, VAE decoder), on for the duration and
+    then restored exactly: only block inputs are kept for backward, each block is recomputed there."""
+    saved = []
+    for m in model.modules():
+        if hasattr(m, "gradient_checkpointing"):
+            saved.append((m, m.gradient_checkpointing, m.__dict__.get("_gradient_checkpointing_func", _MISSING)))
+            m.gradient_checkpointing = True
+            m._gradient_checkpointing_func = partial(grad_checkpoint, use_reentrant=False)
     try:
         yield
     finally:
-        decoder.gradient_checkpointing = old_flag
-        if had_func:
-            decoder._gradient_checkpointing_func = old_func
-        else:
-            del decoder._gradient_checkpointing_func
+        for m, flag, func in saved:
+            m.gradient_checkpointing = flag
+            if func is _MISSING:
+                del m._gradient_checkpointing_func
+            else:
+                m._gradient_checkpointing_func = func
+
+
+_MISSING = object()

@@ -29,3 +29,34 @@ def test_the_token_changes_the_conditioning_only_at_its_position_and_after():
     diff = (base.hidden - moved.hidden).abs().sum(-1)[0]
     # causal text encoder: positions before the token (bos, a, photo, of) are unaffected
     assert diff[:4].max() == 0 and diff[4] > 0 and diff[5:].max() > 0
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_memory_savers_leave_the_gradient_unchanged(depth):
+    """Unconditional branch without autograd, block checkpointing in UNet and decoder: the same gradient."""
+    backend = DiffusersBackend(tiny_pipeline("sd1"))
+    backend.pipe.unet.requires_grad_(False), backend.pipe.vae.requires_grad_(False)
+    backend.pipe.text_encoder.requires_grad_(False)
+    with torch.no_grad():
+        uncond = backend.negative("", 2)
+    prompts = ["a {token} cat"] * 2
+    flags_before = [(type(m), dict(vars(m))) for model in (backend.unet, backend.vae) for m in model.modules()]
+
+    def grad(checkpoint: bool, force_batched_cfg: bool):
+        vec = torch.nn.Parameter(backend.init_vectors("a", 1)["clip_l"].clone())
+        traj = backend.start([0, 1], TINY_SAMPLING)
+        with torch.no_grad():
+            backend.denoise(traj, backend.encode(prompts, {"clip_l": vec}), uncond, traj.remaining - depth)
+        if force_batched_cfg:  # latents that require grad take the one-call CFG path
+            traj.latents = traj.latents.clone().requires_grad_(True)
+        cond = backend.encode(prompts, {"clip_l": vec})
+        latents = backend.denoise(traj, cond, uncond, depth, checkpoint=checkpoint)
+        backend.decode(latents, checkpoint=checkpoint).square().mean().backward()
+        return vec.grad
+
+    reference = grad(False, True)
+    assert reference.abs().sum() > 0
+    torch.testing.assert_close(grad(False, False), reference, rtol=1e-4, atol=1e-9)
+    torch.testing.assert_close(grad(True, False), reference, rtol=1e-4, atol=1e-9)
+    flags_after = [(type(m), dict(vars(m))) for model in (backend.unet, backend.vae) for m in model.modules()]
+    assert flags_after == flags_before  # every checkpointing switch and function restored
