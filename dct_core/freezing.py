@@ -16,7 +16,9 @@ def frozen(modules: Iterable[torch.nn.Module]) -> Iterator[None]:
     """
     modules = [m for m in modules if m is not None]
     modes = [(m, m.training) for mod in modules for m in mod.modules()]
-    flags = [(p, p.requires_grad) for mod in modules for p in mod.parameters()]
+    # Inference tensors (weights a host loaded under torch.inference_mode) never take part in autograd and
+    # their flag cannot be set back outside inference mode: leave them alone.
+    flags = [(p, p.requires_grad) for mod in modules for p in mod.parameters() if not p.is_inference()]
     try:
         for mod in modules:
             mod.eval()

@@ -1,0 +1,162 @@
+"""The engine's backend on ComfyUI's own loaded MODEL, CLIP and VAE.
+
+Sampling goes through the host's CFGGuider, so the user's LoRAs, model patches, sampler and scheduler all
+apply. The steps without gradient run the host's sampler unchanged; the last K steps (the paper: K = 1) run
+as Euler steps of the same CFG'd model with gradient; the final one to sigma 0 is the model's x0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch.utils.checkpoint import checkpoint as grad_checkpoint
+
+from dct_core.backend import Trajectory
+from dct_core.config import SamplingConfig
+from dct_core.errors import DCTError
+from dct_core.prompts import TOKEN_MARK
+
+from .host_autograd import trainable_weights
+from .token_registry import sub_tokenizers, text_models, token_registered
+
+TRIGGER = "dct-class-token"  # the name the learned vectors answer to while the engine encodes prompts
+
+
+def _grad_tail_sampler(checkpoint: bool):
+    """A host Sampler taking its steps with gradient: Euler steps of the guider's CFG'd model; the last one,
+    to sigma 0, is exactly the model's x0 prediction (the paper's gradient-skipping step when K = 1)."""
+    import comfy.samplers
+
+    class GradTail(comfy.samplers.Sampler):
+        def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
+                   disable_pbar=False):
+            extra_args["denoise_mask"] = denoise_mask
+            model = comfy.samplers.KSamplerX0Inpaint(model_wrap, sigmas)
+            model_sampling = model_wrap.inner_model.model_sampling
+            x = model_sampling.noise_scaling(sigmas[0], noise, latent_image, self.max_denoise(model_wrap, sigmas))
+            with trainable_weights([model_wrap.inner_model]):
+                for i in range(len(sigmas) - 1):
+                    sigma = sigmas[i] * x.new_ones([x.shape[0]])
+                    if checkpoint:
+                        denoised = grad_checkpoint(lambda a, s: model(a, s, **extra_args), x, sigma,
+                                                   use_reentrant=False)
+                    else:
+                        denoised = model(x, sigma, **extra_args)
+                    nxt = sigmas[i + 1]
+                    x = denoised if nxt == 0 else x + (x - denoised) / sigmas[i] * (nxt - sigmas[i])
+            return model_sampling.inverse_noise_scaling(sigmas[-1], x)
+
+    return GradTail()
+
+
+class ComfyBackend:
+    """Implements dct_core.backend.Backend. Call inside ``autograd_enabled()`` and ``out_of_place_clip()``."""
+
+    def __init__(self, model, clip, vae, *, sampler_name: str = "euler", scheduler: str = "normal",
+                 decoder: torch.nn.Module | None = None):
+        import comfy.model_management
+        import comfy.samplers
+
+        if sampler_name not in comfy.samplers.KSampler.SAMPLERS:
+            raise DCTError(f"unknown sampler {sampler_name!r}; pick one of the host's samplers.")
+        if scheduler not in comfy.samplers.KSampler.SCHEDULERS:
+            raise DCTError(f"unknown scheduler {scheduler!r}; pick one of the host's schedulers.")
+        self.model, self.clip, self.vae = model, clip, vae
+        self.sampler_name, self.scheduler = sampler_name, scheduler
+        self.decoder = decoder  # optional differentiable decoder for the training signal (TAESD)
+        self.device = comfy.model_management.get_torch_device()
+        self.dtype = torch.float32
+        self.encoders = {
+            key: m.transformer.get_input_embeddings().weight.shape[1] for key, m in text_models(clip).items()
+        }
+        self.latent_channels = model.get_model_object("latent_format").latent_channels
+        self.downscale = vae.downscale_ratio if isinstance(vae.downscale_ratio, int) else 8
+
+    def modules(self) -> list[torch.nn.Module]:
+        mods = [self.model.model, self.clip.cond_stage_model, self.vae.first_stage_model]
+        return mods + ([self.decoder] if self.decoder is not None else [])
+
+    def init_vectors(self, word: str, num_vectors: int) -> dict[str, torch.Tensor]:
+        out = {}
+        tokenizers = sub_tokenizers(self.clip.tokenizer)
+        for key, model in text_models(self.clip).items():
+            ids = tokenizers[key].tokenizer(word)["input_ids"][1:-1]
+            if not ids:
+                raise DCTError(f"init word {word!r} gives no tokens; use a plain word such as 'a' or 'bird'.")
+            table = model.transformer.get_input_embeddings().weight
+            rows = table.detach()[torch.tensor(ids, device=table.device)].float().clone()
+            out[key] = rows.mean(0, keepdim=True) if num_vectors == 1 else rows[torch.arange(num_vectors) % len(ids)]
+        return out
+
+    def encode(self, prompts: Sequence[str], vectors: dict[str, torch.Tensor] | None) -> list:
+        """A host CONDITIONING with one row per prompt ([B, 77, D] and pooled [B, P])."""
+        conds, pooled = [], []
+        self.clip.load_model()
+        with trainable_weights([self.clip.cond_stage_model]) if torch.is_grad_enabled() else _null():
+            with token_registered(self.clip.tokenizer, TRIGGER, vectors or {}):
+                for prompt in prompts:
+                    text = prompt.replace(TOKEN_MARK, f" embedding:{TRIGGER} ") if vectors else prompt
+                    out = self.clip.encode_from_tokens(self.clip.tokenize(text), return_pooled=True,
+                                                       return_dict=True)
+                    conds.append(out.pop("cond"))
+                    pooled.append(out.get("pooled_output"))
+        extra = {"pooled_output": torch.cat(pooled)} if all(p is not None for p in pooled) else {}
+        return [[torch.cat(conds), extra]]
+
+    def negative(self, prompt: str, batch: int) -> list:
+        return self.encode([prompt] * batch, None)
+
+    def start(self, seeds: Sequence[int], sampling: SamplingConfig) -> Trajectory:
+        import comfy.sample
+        import comfy.samplers
+
+        size = sampling.resolution // self.downscale
+        latent = torch.zeros([1, self.latent_channels, size, size])
+        noise = torch.cat([comfy.sample.prepare_noise(latent, int(s)) for s in seeds])
+        sampler = comfy.samplers.KSampler(self.model, steps=sampling.steps, device=self.device,
+                                          sampler=self.sampler_name, scheduler=self.scheduler)
+        sigmas = sampler.sigmas.cpu()
+        state = {"sigmas": sigmas, "noise": noise, "guidance": sampling.guidance, "seed": int(seeds[0])}
+        return Trajectory(torch.zeros_like(noise), total_steps=len(sigmas) - 1, state=state)
+
+    def denoise(self, traj: Trajectory, cond: list, uncond: list, num_steps: int, *, checkpoint: bool = False):
+        import comfy.samplers
+
+        if num_steps <= 0:
+            return traj.latents
+        sigmas = traj.state["sigmas"][traj.done : traj.done + num_steps + 1]
+        guider = comfy.samplers.CFGGuider(self.model)
+        guider.set_conds(cond, uncond)
+        guider.set_cfg(traj.state["guidance"])
+        if torch.is_grad_enabled():
+            sampler: Any = _grad_tail_sampler(checkpoint)
+        else:
+            sampler = comfy.samplers.sampler_object(self.sampler_name)
+        noise = traj.state["noise"] if traj.done == 0 else torch.zeros_like(traj.state["noise"])
+        latents = guider.sample(noise, traj.latents, sampler, sigmas, disable_pbar=True, seed=traj.state["seed"])
+        traj.latents, traj.done = latents, traj.done + num_steps
+        return latents
+
+    def decode(self, latents: torch.Tensor, *, checkpoint: bool = False) -> torch.Tensor:
+        import comfy.model_management
+
+        comfy.model_management.load_models_gpu([self.vae.patcher])
+        decoder = self.decoder or self.vae.first_stage_model
+        param = next(decoder.parameters())
+        z = latents.to(param.device, param.dtype)
+        with trainable_weights([decoder]) if torch.is_grad_enabled() else _null():
+            if checkpoint and torch.is_grad_enabled():
+                images = grad_checkpoint(decoder.decode, z, use_reentrant=False)
+            else:
+                images = decoder.decode(z)
+        return ((images.float() + 1) / 2).clamp(0, 1).to(self.device)
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False

@@ -1,0 +1,96 @@
+"""Teaching the host's tokenizers a class token, in memory, without any file.
+
+ComfyUI's tokenizer splices a tensor in wherever a prompt says ``embedding:NAME`` and its lookup finds one;
+we answer that lookup for our trigger name with the learned vectors (per text encoder: clip_l, clip_g,
+clip_h). A bare trigger word is rewritten to ``embedding:NAME`` first, so both spellings work.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+
+def sub_tokenizers(tokenizer) -> dict[str, object]:
+    """The per-encoder tokenizers by embedding key ("clip_l", "clip_g", "clip_h")."""
+    import comfy.sd1_clip
+
+    return {t.embedding_key: t for t in vars(tokenizer).values() if isinstance(t, comfy.sd1_clip.SDTokenizer)}
+
+
+def text_models(clip) -> dict[str, torch.nn.Module]:
+    """The per-encoder text models, keyed like their tokenizers (same attribute names in the host)."""
+    import comfy.sd1_clip
+
+    names = {attr: t.embedding_key for attr, t in vars(clip.tokenizer).items()
+             if isinstance(t, comfy.sd1_clip.SDTokenizer)}
+    return {key: getattr(clip.cond_stage_model, attr) for attr, key in names.items()}
+
+
+def with_trigger(text: str, trigger: str) -> str:
+    """Rewrite the bare trigger word (not already after ``embedding:``) to ``embedding:<trigger>``."""
+    pattern = r"(?<![\w:-])" + re.escape(trigger) + r"(?![\w-])"
+    return re.sub(pattern, f"embedding:{trigger}", text)
+
+
+def _install(sub, trigger: str, vectors: torch.Tensor) -> tuple:
+    original = sub._try_get_embedding
+
+    def lookup(embedding_name: str):
+        words = embedding_name.split()
+        if words and words[0].rstrip(",") == trigger:
+            tail = words[0][len(trigger):]  # a trailing comma belongs to the text that follows
+            leftover = " ".join(([tail] if tail else []) + words[1:])
+            return vectors, leftover
+        return original(embedding_name)
+
+    saved = (sub.__dict__.get("_try_get_embedding"), sub.embedding_directory)
+    sub._try_get_embedding = lookup
+    if sub.embedding_directory is None:  # the host only looks embeddings up when it has a directory
+        sub.embedding_directory = []
+    return saved
+
+
+@contextmanager
+def token_registered(tokenizer, trigger: str, vectors: dict[str, torch.Tensor]) -> Iterator[None]:
+    """For the duration, ``embedding:<trigger>`` in a prompt resolves to ``vectors`` (gradients flow)."""
+    subs = sub_tokenizers(tokenizer)
+    saved = {}
+    try:
+        for key, sub in subs.items():
+            if key in vectors:
+                saved[key] = _install(sub, trigger, vectors[key])
+        yield
+    finally:
+        for key, (method, directory) in saved.items():
+            sub = subs[key]
+            if method is None:
+                del sub._try_get_embedding
+            else:
+                sub._try_get_embedding = method
+            sub.embedding_directory = directory
+
+
+def clip_with_token(clip, trigger: str, vectors: dict[str, torch.Tensor]):
+    """A clone of ``clip`` whose (copied) tokenizer knows the trigger word; the original is untouched, so
+    any stock CLIPTextEncode downstream of the clone understands it."""
+    clone = clip.clone()
+    tokenizer = copy.copy(clip.tokenizer)
+    for attr, value in list(vars(tokenizer).items()):
+        if value in sub_tokenizers(clip.tokenizer).values():
+            setattr(tokenizer, attr, copy.copy(value))
+    for key, sub in sub_tokenizers(tokenizer).items():
+        if key in vectors:
+            _install(sub, trigger, vectors[key].detach().clone())
+    inner = tokenizer.tokenize_with_weights
+
+    def tokenize_with_weights(text: str, *args, **kwargs):
+        return inner(with_trigger(text, trigger), *args, **kwargs)
+
+    tokenizer.tokenize_with_weights = tokenize_with_weights
+    clone.tokenizer = tokenizer
+    return clone
