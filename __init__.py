@@ -1,10 +1,20 @@
 """ComfyUI entry point of the Discriminative Class Tokens pack.
 
-The engine is the plain package dct_core (no ComfyUI import); the node glue arrives in nodes/.
+The engine is the plain package dct_core (no ComfyUI import); the node glue is in nodes/. Only the V3
+entry point is exported: a module that also exported NODE_CLASS_MAPPINGS would have it ignored.
 """
 
-WEB_DIRECTORY = "./web"
-NODE_CLASS_MAPPINGS: dict = {}
-NODE_DISPLAY_NAME_MAPPINGS: dict = {}
+import os
+import sys
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]
+# Make `dct_core` importable. The pack folder goes at the END of sys.path: at the front, our `nodes/`
+# package would shadow the host's own `nodes` module.
+_here = os.path.dirname(os.path.abspath(__file__))
+if _here not in sys.path:
+    sys.path.append(_here)
+
+from .nodes import comfy_entrypoint  # noqa: E402
+
+WEB_DIRECTORY = "./web"
+
+__all__ = ["WEB_DIRECTORY", "comfy_entrypoint"]

@@ -1,1 +1,21 @@
-"""ComfyUI glue (node schemas, the host backend). Filled by the ComfyUI nodes issue."""
+"""ComfyUI glue: node schemas (V3, comfy_api.latest), the host backend, folders. The engine is dct_core."""
+
+from __future__ import annotations
+
+
+def comfy_entrypoint():
+    """Called by the host after import; registering folders here keeps paths from extra_model_paths.yaml."""
+    from comfy_api.latest import ComfyExtension
+
+    from .classifier_node import LoadClassifier
+    from .folders import register_classifier_folder
+    from .token_nodes import ApplyClassToken, ClassTokenClip, LoadClassToken, SaveClassToken
+    from .train_node import TrainClassToken
+
+    register_classifier_folder()
+
+    class DiscriminativeClassTokens(ComfyExtension):
+        async def get_node_list(self):
+            return [LoadClassifier, TrainClassToken, ApplyClassToken, ClassTokenClip, LoadClassToken, SaveClassToken]
+
+    return DiscriminativeClassTokens()

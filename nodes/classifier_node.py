@@ -1,0 +1,76 @@
+"""Load Classifier: every classifier form the engine supports, from models/classifiers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from comfy_api.latest import io, ui
+
+from dct_core.classifiers import load_classifier
+from dct_core.errors import DCTError
+
+from . import folders
+from .sockets import CATEGORY, Classifier
+
+KINDS = ["auto", "zero-shot CLIP"]
+
+
+class LoadClassifier(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DCTLoadClassifier",
+            display_name="Load Classifier (DCT)",
+            category=CATEGORY,
+            description="Loads the image classifier that teaches a class token, offline, from models/classifiers.",
+            inputs=[
+                io.Combo.Input("classifier", options=folders.classifier_choices(),
+                               tooltip="A weights file, a timm/transformers model folder, a TorchScript file, or a "
+                                       "CLIP folder (with kind = zero-shot CLIP), under models/classifiers."),
+                io.Combo.Input("kind", options=KINDS, default="auto",
+                               tooltip="auto: detect the form; zero-shot CLIP: the labels become text prompts."),
+                io.String.Input("timm_architecture", default="",
+                                tooltip="For a plain weights file: the timm architecture it belongs to, "
+                                        "e.g. vit_large_patch16_224 or resnet50."),
+                io.String.Input("labels", default="", multiline=True,
+                                tooltip="Class names, one per line, or the name of a .txt/.json labels file in "
+                                        "models/classifiers. Empty: from the model (ImageNet for 1000 classes)."),
+                io.Combo.Input("pooling", options=["cls", "mean"], default="cls",
+                               tooltip="transformers ViT only: mean = mean-pooled patch tokens (ViT-MAE fine-tunes "
+                                       "such as the paper's CUB/iNat classifiers)."),
+                io.Boolean.Input("multi_label", default=False,
+                                 tooltip="Sigmoid outputs (attributes such as CelebA 'Bald'): binary cross-entropy."),
+            ],
+            outputs=[Classifier.Output("CLASSIFIER", display_name="classifier")],
+        )
+
+    @classmethod
+    def execute(cls, classifier, kind, timm_architecture, labels, pooling, multi_label) -> io.NodeOutput:
+        path = folders.classifier_path(classifier)
+        if kind == "zero-shot CLIP":
+            spec = f"clip:{path}"
+        elif timm_architecture.strip():
+            spec = f"timm:{timm_architecture.strip()}@{path}"
+        else:
+            spec = path
+        try:
+            model = load_classifier(spec, labels=_labels(labels), pooling=pooling, multi_label=multi_label or None)
+        except DCTError as exc:
+            raise ValueError(str(exc)) from exc
+        size = model.preprocess.input_size
+        text = f"{model.num_classes} classes, input {size[0]}x{size[1]}, {Path(path).name}"
+        return io.NodeOutput(model, ui=ui.PreviewText(text))
+
+
+def _labels(text: str):
+    text = text.strip()
+    if not text:
+        return None
+    if "\n" not in text and Path(text).suffix in (".txt", ".json"):
+        import folder_paths
+
+        path = folder_paths.get_full_path("classifiers", text)
+        if path is None:
+            raise ValueError(f"labels file {text!r} not found under models/classifiers.")
+        return path
+    return [line.strip() for line in text.splitlines() if line.strip()]

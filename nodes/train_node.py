@@ -1,0 +1,206 @@
+"""Train Discriminative Token: the engine on the host's own MODEL, CLIP and VAE, with progress, previews
+and a clean Cancel; the token is saved atomically to models/embeddings."""
+
+from __future__ import annotations
+
+import torch
+from comfy_api.latest import io, ui
+
+from dct_core.config import PAPER_TEMPLATES, SamplingConfig, TrainConfig
+from dct_core.errors import DCTError
+from dct_core.generation import generate_images
+from dct_core.images import make_grid
+from dct_core.plot import training_plot
+from dct_core.prompts import fill_label, strip_token
+from dct_core.tokens import sanitize_name, save_class_token, token_path
+from dct_core.training import train_class_token
+
+from . import folders
+from .comfy_backend import ComfyBackend
+from .host_autograd import autograd_enabled, out_of_place_clip
+from .images import pil_to_host_image
+from .sockets import CATEGORY, Classifier, ClassToken
+
+CHECKPOINT_VAE = "checkpoint VAE"
+PROGRESS_EVENT = "dct.train.progress"
+
+
+def _sampler_names() -> list[str]:
+    import comfy.samplers
+
+    return list(comfy.samplers.KSampler.SAMPLERS)
+
+
+def _scheduler_names() -> list[str]:
+    import comfy.samplers
+
+    return list(comfy.samplers.KSampler.SCHEDULERS)
+
+
+def _decoders() -> list[str]:
+    import folder_paths
+
+    return [CHECKPOINT_VAE] + [f for f in folder_paths.get_filename_list("vae_approx") if "decoder" in f]
+
+
+class TrainClassToken(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        d = TrainConfig()
+        return io.Schema(
+            node_id="DCTTrainClassToken",
+            display_name="Train Discriminative Token (DCT)",
+            category=CATEGORY,
+            description="Learns a class token from a classifier on the connected model (its LoRAs and patches "
+                        "apply). Saves it to models/embeddings so embedding:<name> works in any prompt.",
+            inputs=[
+                io.Model.Input("model", tooltip="The diffusion model to train the token for (SD1.x, SD2.x, SDXL)."),
+                io.Clip.Input("clip", tooltip="Its text encoder; the token gets one vector per encoder."),
+                io.Vae.Input("vae", tooltip="Decodes the generated latents for the classifier."),
+                Classifier.Input("classifier", tooltip="The teacher, from Load Classifier (DCT)."),
+                io.String.Input("target_class", default="tiger cat",
+                                tooltip="The class to steer toward: a label name (any synonym, any case) or an "
+                                        "index. A miss lists close names."),
+                io.String.Input("init_word", default=d.init_word,
+                                tooltip="Word whose embedding starts the token: 'a' (paper, ImageNet), or a "
+                                        "related word such as 'bird' for a bird classifier."),
+                io.String.Input("templates", default="\n".join(d.templates), multiline=True,
+                                tooltip="Training prompts, one per line; {token} marks the class token and "
+                                        "{label} the class name. Default: the paper's two."),
+                io.Int.Input("steps", default=d.max_steps, min=1, max=10000,
+                             tooltip="Maximum optimization steps (paper's reference code: 50)."),
+                io.Float.Input("learning_rate", default=d.lr, min=1e-6, max=1.0, step=1e-5,
+                               tooltip="AdamW learning rate on the token only."),
+                io.Int.Input("batch_size", default=d.batch_size, min=1, max=64,
+                             tooltip="Images (seeds) per step; the same seeds every step (paper: 5)."),
+                io.Int.Input("micro_batch", default=0, min=0, max=64,
+                             tooltip="Images per forward/backward to save VRAM (0 = the whole batch at once)."),
+                io.Float.Input("cfg", default=d.sampling.guidance, min=0.0, max=30.0, step=0.1,
+                               tooltip="Classifier-free guidance scale while training."),
+                io.Combo.Input("sampler_name", options=_sampler_names(), default="euler",
+                               tooltip="The host sampler for the steps without gradient."),
+                io.Combo.Input("scheduler", options=_scheduler_names(), default="normal",
+                               tooltip="The host scheduler (sigmas)."),
+                io.Int.Input("sampling_steps", default=d.sampling.steps, min=1, max=200,
+                             tooltip="Sampling steps per image (paper: 30)."),
+                io.Int.Input("resolution", default=d.sampling.resolution, min=64, max=2048, step=8,
+                             tooltip="Image size while training (SD1.x: 512, SDXL: 1024)."),
+                io.Int.Input("seed", default=d.seed, min=0, max=0xFFFFFFFF, control_after_generate=False,
+                             tooltip="First training seed; the batch uses seed, seed+1, ..."),
+                io.Float.Input("accuracy_threshold", default=d.accuracy_threshold, min=0.01, max=1.0, step=0.01,
+                               tooltip="Stop once a batch is classified this well (reference code: 0.7)."),
+                io.Int.Input("patience", default=d.patience, min=1, max=1000,
+                             tooltip="Or stop after this many steps without a lower loss."),
+                io.Int.Input("backprop_depth", default=d.backprop_depth, min=1, max=50,
+                             tooltip="Sampling steps taken with gradient: 1 is the paper's gradient skipping; "
+                                     "more is slower and uses gradient checkpointing."),
+                io.Combo.Input("decoder", options=_decoders(), default=CHECKPOINT_VAE,
+                               tooltip="Decoder for the training signal: the checkpoint's VAE, or a TAESD decoder "
+                                       "from models/vae_approx (much cheaper at 512 px)."),
+                io.String.Input("save_name", default="class-token",
+                                tooltip="Saved as models/embeddings/<name>.safetensors; use embedding:<name> in "
+                                        "prompts. Empty: do not save."),
+                io.Boolean.Input("overwrite", default=False, tooltip="Replace an existing token file of that name."),
+                io.Int.Input("preview_every", default=1, min=0, max=1000,
+                             tooltip="Show the current batch on the node every N steps (0: never)."),
+            ],
+            outputs=[
+                ClassToken.Output("CLASS_TOKEN", display_name="class token"),
+                io.Image.Output("PLOT", display_name="loss / accuracy"),
+                io.Image.Output("BEFORE_AFTER", display_name="before / after"),
+            ],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def execute(cls, model, clip, vae, classifier, target_class, init_word, templates, steps, learning_rate,
+                batch_size, micro_batch, cfg, sampler_name, scheduler, sampling_steps, resolution, seed,
+                accuracy_threshold, patience, backprop_depth, decoder, save_name, overwrite,
+                preview_every) -> io.NodeOutput:
+        import comfy.model_management as mm
+        import comfy.utils
+
+        try:
+            target = classifier.class_index(target_class)
+            lines = tuple(t.strip() for t in templates.splitlines() if t.strip()) or PAPER_TEMPLATES
+            config = TrainConfig(
+                templates=lines, init_word=init_word.strip() or "a", batch_size=batch_size,
+                micro_batch=micro_batch or None, seed=seed, lr=learning_rate, max_steps=steps,
+                accuracy_threshold=accuracy_threshold, patience=patience, backprop_depth=backprop_depth,
+                sampling=SamplingConfig(resolution=resolution, steps=sampling_steps, guidance=cfg),
+            )
+            config.validate()
+            name = sanitize_name(save_name) if save_name.strip() else None
+            if name and not overwrite and token_path(folders.embeddings_dir(), name).exists():
+                raise DCTError(f"models/embeddings/{name}.safetensors exists; enable overwrite or change save_name.")
+        except DCTError as exc:
+            raise ValueError(str(exc)) from exc
+        label = classifier.class_name(target)
+        node_id = cls.hidden.unique_id
+        bar = comfy.utils.ProgressBar(steps, node_id=node_id)
+
+        def on_step(record, images):
+            if mm.processing_interrupted():
+                return  # the loop stops at its next poll and keeps the best token
+            preview = None
+            if preview_every and record.step % preview_every == 0:
+                preview = ("JPEG", make_grid([images], min_cell=128), 768)
+            bar.update_absolute(record.step + 1, steps, preview)
+            _send_progress(node_id, record, label)
+
+        with autograd_enabled(), out_of_place_clip():
+            backend = ComfyBackend(model, clip, vae, sampler_name=sampler_name, scheduler=scheduler,
+                                   decoder=_load_decoder(decoder, model))
+            meta = {"class_index": str(target), "class_label": label, "classifier": classifier.name,
+                    "base_model": type(model.model).__name__, "templates": "\n".join(config.templates),
+                    "trigger": name or "class-token"}
+            result = train_class_token(backend, classifier, target, label, config, name=name or "class-token",
+                                       on_step=on_step, should_cancel=mm.processing_interrupted, metadata=meta)
+            if result.history:
+                result.token.metadata["trained_steps"] = str(len(result.history))
+            saved = save_class_token(result.token, token_path(folders.embeddings_dir(), name),
+                                     overwrite=overwrite) if name and result.history else None
+            if result.stopped == "cancelled":
+                mm.throw_exception_if_processing_interrupted()  # hand the Cancel back to the host
+            vectors = {k: v.to(backend.device) for k, v in result.token.vectors.items()}
+            prompts = [fill_label(config.templates[0], label)] * min(batch_size, 4)
+            seeds = list(range(seed, seed + len(prompts)))
+            with torch.no_grad():
+                before = generate_images(backend, [strip_token(p) for p in prompts], seeds, config.sampling)
+                after = generate_images(backend, prompts, seeds, config.sampling, vectors)
+        plot = training_plot([r.loss for r in result.history], [r.accuracy for r in result.history])
+        best = result.best
+        summary = (f"{label} ({target}): stopped by {result.stopped} after {len(result.history)} steps; best step "
+                   f"{best.step if best else '-'} accuracy {best.accuracy if best else 0:.2f}"
+                   + (f"; saved {saved.name}" if saved else ""))
+        grid = pil_to_host_image(make_grid([before, after], min_cell=min(256, resolution)))
+        return io.NodeOutput(result.token, pil_to_host_image(plot), grid,
+                             ui=ui.PreviewText(summary))
+
+
+def _load_decoder(choice: str, model):
+    """A TAESD decoder from models/vae_approx (differentiable, ~1 M parameters), or None for the VAE."""
+    if choice == CHECKPOINT_VAE:
+        return None
+    import comfy.model_management
+    import comfy.taesd.taesd
+    import folder_paths
+
+    fmt = model.get_model_object("latent_format")
+    taesd = comfy.taesd.taesd.TAESD(decoder_path=folder_paths.get_full_path_or_raise("vae_approx", choice),
+                                    latent_channels=fmt.latent_channels)
+    taesd.vae_scale.data.fill_(fmt.scale_factor)
+    taesd.vae_shift.data.fill_(getattr(fmt, "shift_factor", 0.0) or 0.0)
+    return taesd.eval().to(comfy.model_management.get_torch_device())
+
+
+def _send_progress(node_id, record, label: str) -> None:
+    try:
+        from server import PromptServer
+    except ImportError:  # running without the server (scripts, in-process tests)
+        return
+    server = getattr(PromptServer, "instance", None)
+    if server is not None:
+        server.send_sync(PROGRESS_EVENT, {"node": node_id, "step": record.step, "loss": record.loss,
+                                          "accuracy": record.accuracy, "target_prob": record.target_prob,
+                                          "label": label}, server.client_id)
