@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch.utils.checkpoint import checkpoint as grad_checkpoint
 
 from dct_core.backend import Trajectory
 from dct_core.config import SamplingConfig
@@ -24,9 +23,12 @@ from .token_registry import sub_tokenizers, text_models, token_registered
 TRIGGER = "dct-class-token"  # the name the learned vectors answer to while the engine encodes prompts
 
 
-def _grad_tail_sampler(checkpoint: bool):
+def _grad_tail_sampler():
     """A host Sampler taking its steps with gradient: Euler steps of the guider's CFG'd model; the last one,
-    to sigma 0, is exactly the model's x0 prediction (the paper's gradient-skipping step when K = 1)."""
+    to sigma 0, is exactly the model's x0 prediction (the paper's gradient-skipping step when K = 1).
+
+    No gradient checkpointing here: backward runs after the guider has released its models, so a recompute
+    could not call them; K > 1 keeps the activations of its K steps."""
     import comfy.samplers
 
     class GradTail(comfy.samplers.Sampler):
@@ -38,12 +40,7 @@ def _grad_tail_sampler(checkpoint: bool):
             x = model_sampling.noise_scaling(sigmas[0], noise, latent_image, self.max_denoise(model_wrap, sigmas))
             with trainable_weights([model_wrap.inner_model]):
                 for i in range(len(sigmas) - 1):
-                    sigma = sigmas[i] * x.new_ones([x.shape[0]])
-                    if checkpoint:
-                        denoised = grad_checkpoint(lambda a, s: model(a, s, **extra_args), x, sigma,
-                                                   use_reentrant=False)
-                    else:
-                        denoised = model(x, sigma, **extra_args)
+                    denoised = model(x, sigmas[i] * x.new_ones([x.shape[0]]), **extra_args)
                     nxt = sigmas[i + 1]
                     x = denoised if nxt == 0 else x + (x - denoised) / sigmas[i] * (nxt - sigmas[i])
             return model_sampling.inverse_noise_scaling(sigmas[-1], x)
@@ -131,7 +128,7 @@ class ComfyBackend:
         guider.set_conds(cond, uncond)
         guider.set_cfg(traj.state["guidance"])
         if torch.is_grad_enabled():
-            sampler: Any = _grad_tail_sampler(checkpoint)
+            sampler: Any = _grad_tail_sampler()
         else:
             sampler = comfy.samplers.sampler_object(self.sampler_name)
         noise = traj.state["noise"] if traj.done == 0 else torch.zeros_like(traj.state["noise"])
@@ -146,11 +143,9 @@ class ComfyBackend:
         decoder = self.decoder or self.vae.first_stage_model
         param = next(decoder.parameters())
         z = latents.to(param.device, param.dtype)
+        # (no checkpointing: the clones autograd needs are gone by the time backward would recompute)
         with trainable_weights([decoder]) if torch.is_grad_enabled() else _null():
-            if checkpoint and torch.is_grad_enabled():
-                images = grad_checkpoint(decoder.decode, z, use_reentrant=False)
-            else:
-                images = decoder.decode(z)
+            images = decoder.decode(z)
         return ((images.float() + 1) / 2).clamp(0, 1).to(self.device)
 
 

@@ -136,7 +136,7 @@ class TrainClassToken(io.ComfyNode):
         except DCTError as exc:
             raise ValueError(str(exc)) from exc
         label = classifier.class_name(target)
-        node_id = cls.hidden.unique_id
+        node_id = cls.hidden.unique_id if cls.hidden is not None else None
         bar = comfy.utils.ProgressBar(steps, node_id=node_id)
 
         def on_step(record, images):

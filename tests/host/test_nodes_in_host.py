@@ -1,0 +1,208 @@
+"""The pack's nodes run in the real ComfyUI, in-process, under the host's inference mode, on its own loaded
+MODEL / CLIP / VAE (random-weight SD1.5 layout) and host sampler."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dct_core.tokens import ClassToken, load_class_token
+
+SAMPLING = dict(cfg=7.0, sampler_name="euler", scheduler="normal", sampling_steps=3, resolution=64)
+
+
+def _train_inputs(model, clip, vae, classifier, **over):
+    inputs = dict(model=model, clip=clip, vae=vae, classifier=classifier, target_class="tiger cat", init_word="a",
+                  templates="A photo of {token} {label}", steps=4, learning_rate=0.1, batch_size=2, micro_batch=0,
+                  seed=0, accuracy_threshold=1.0, patience=50, backprop_depth=3, decoder="checkpoint VAE",
+                  save_name="tiger-cat-host", overwrite=True, preview_every=1, **SAMPLING)
+    inputs.update(over)
+    return inputs
+
+
+def _node(host, module, name):
+    import importlib
+
+    return getattr(importlib.import_module(f"dct_pack.nodes.{module}"), name)
+
+
+def _run(node, **inputs):
+    """As the host executes a node: inside torch.inference_mode()."""
+    with torch.inference_mode():
+        return node.execute(**inputs)
+
+
+@pytest.fixture(scope="module")
+def classifier(host, loaded):
+    """A tiny random classifier calibrated on images the host model draws (see dct_core.tiny)."""
+    from dct_core.config import SamplingConfig
+    from dct_core.generation import generate_images
+    from dct_core.tiny import TINY_LABELS, tiny_classifier
+
+    backend_cls = _node(host, "comfy_backend", "ComfyBackend")
+    autograd = _node(host, "host_autograd", "autograd_enabled")
+    model, clip, vae = loaded
+    with torch.inference_mode(), autograd():
+        backend = backend_cls(model, clip, vae)
+        prompts = [f"a photo of a {label.split(',')[0]}" for label in TINY_LABELS]
+        images = generate_images(backend, prompts, range(100, 100 + len(prompts)),
+                                 SamplingConfig(resolution=64, steps=3, guidance=7.0))
+    return tiny_classifier(images, seed=0)
+
+
+def _fingerprint(model, clip, vae):
+    out = {}
+    for tag, module in (("unet", model.model), ("clip", clip.cond_stage_model), ("vae", vae.first_stage_model)):
+        for name, t in list(module.state_dict().items()):
+            out[f"{tag}.{name}"] = t.clone()
+    return out
+
+
+def _stock_image(host, model, clip, vae, text="a photo of a tiger cat", seed=3):
+    import nodes as host_nodes
+
+    with torch.inference_mode():
+        pos = host_nodes.CLIPTextEncode().encode(clip, text)[0]
+        neg = host_nodes.CLIPTextEncode().encode(clip, "")[0]
+        latent = host_nodes.EmptyLatentImage().generate(64, 64, 1)[0]
+        out = host_nodes.common_ksampler(model, seed, 3, 7.0, "euler", "normal", pos, neg, latent)[0]
+        return host_nodes.VAEDecode().decode(vae, out)[0].clone()
+
+
+def test_training_in_the_host_learns_saves_and_leaves_the_host_as_found(host, loaded, classifier):
+    import comfy.clip_model
+
+    model, clip, vae = loaded
+    train = _node(host, "train_node", "TrainClassToken")
+    weights_before = _fingerprint(model, clip, vae)
+    image_before = _stock_image(host, model, clip, vae)
+    clip_forward = comfy.clip_model.CLIPLayer.forward
+
+    out = _run(train, **_train_inputs(model, clip, vae, classifier))
+    token, plot, grid = out.result
+    assert isinstance(token, ClassToken) and token.widths() == {"clip_l": 768}
+    assert plot.shape[0] == 1 and plot.shape[-1] == 3 and grid.shape[-1] == 3
+    saved = host["models"] / "embeddings" / "tiger-cat-host.safetensors"
+    assert load_class_token(saved).metadata["class_label"] == "tiger cat"
+
+    # the host is exactly as before: weights, the CLIP layer code, the tokenizer, and the images it draws
+    after = _fingerprint(model, clip, vae)
+    assert all(torch.equal(weights_before[k], after[k]) for k in weights_before)
+    assert comfy.clip_model.CLIPLayer.forward is clip_forward
+    assert "_try_get_embedding" not in vars(clip.tokenizer.clip_l)
+    assert torch.equal(_stock_image(host, model, clip, vae), image_before)
+
+
+def test_training_raises_the_target_probability_on_the_training_seeds(host, loaded, classifier):
+    from dct_core.training import train_class_token
+
+    records = []
+    train_mod = pytest.importorskip("dct_pack.nodes.train_node")
+    original = train_mod.train_class_token
+
+    def spy(*args, **kwargs):
+        result = original(*args, **kwargs)
+        records.extend(result.history)
+        return result
+
+    train_mod.train_class_token = spy
+    try:
+        model, clip, vae = loaded
+        _run(train_mod.TrainClassToken, **_train_inputs(model, clip, vae, classifier, steps=8, save_name=""))
+    finally:
+        train_mod.train_class_token = original
+    assert original is train_class_token
+    first, best = records[0], max(records, key=lambda r: r.target_prob)
+    assert best.target_prob > 1.5 * first.target_prob
+    assert max(r.accuracy for r in records) >= first.accuracy
+
+
+def test_the_file_loads_through_embedding_syntax_like_apply_class_token(host, loaded):
+    import nodes as host_nodes
+
+    model, clip, vae = loaded
+    g = torch.Generator().manual_seed(0)
+    token = ClassToken({"clip_l": torch.randn(1, 768, generator=g) * 0.02}, name="dct-file-test")
+    from dct_core.tokens import save_class_token
+
+    save_class_token(token, host["models"] / "embeddings" / "dct-file-test.safetensors", overwrite=True)
+    apply = _node(host, "token_nodes", "ApplyClassToken")
+    with torch.inference_mode():
+        stock = host_nodes.CLIPTextEncode().encode(clip, "a photo of embedding:dct-file-test tiger cat")[0]
+        plain = host_nodes.CLIPTextEncode().encode(clip, "a photo of tiger cat")[0]
+    ours = _run(apply, clip=clip, class_token=token, text="a photo of {token} tiger cat").result[0]
+    torch.testing.assert_close(ours[0][0], stock[0][0])
+    assert not torch.allclose(stock[0][0], plain[0][0])
+    # and the image changes when the token is in the prompt
+    assert not torch.equal(_stock_image(host, model, clip, vae, "a photo of embedding:dct-file-test tiger cat"),
+                           _stock_image(host, model, clip, vae, "a photo of tiger cat"))
+
+
+def test_apply_class_token_changes_the_conditioning_only_from_the_trigger_on(host, loaded):
+    import nodes as host_nodes
+
+    _, clip, _ = loaded
+    token = ClassToken({"clip_l": torch.randn(2, 768) * 0.02}, name="my-cat")
+    apply = _node(host, "token_nodes", "ApplyClassToken")
+    ours = _run(apply, clip=clip, class_token=token, text="a photo of my-cat tiger cat").result[0][0][0]
+    with torch.inference_mode():
+        base = host_nodes.CLIPTextEncode().encode(clip, "a photo of a a tiger cat")[0][0][0]
+    diff = (ours - base).abs().sum(-1)[0]
+    assert diff[:4].max() == 0  # <bos> a photo of: before the token, a causal encoder is unchanged
+    assert diff[4] > 0 and diff[5] > 0  # the two token vectors
+    assert "_try_get_embedding" not in vars(clip.tokenizer.clip_l)
+
+
+def test_class_token_clip_teaches_a_stock_clip_text_encode_the_trigger_word(host, loaded):
+    import nodes as host_nodes
+
+    _, clip, _ = loaded
+    token = ClassToken({"clip_l": torch.randn(1, 768) * 0.02}, name="my-bird")
+    clip_node = _node(host, "token_nodes", "ClassTokenClip")
+    apply = _node(host, "token_nodes", "ApplyClassToken")
+    taught = _run(clip_node, clip=clip, class_token=token).result[0]
+    with torch.inference_mode():
+        stock = host_nodes.CLIPTextEncode().encode(taught, "a photo of my-bird warbler")[0][0][0]
+        untouched = host_nodes.CLIPTextEncode().encode(clip, "a photo of my-bird warbler")[0][0][0]
+    ours = _run(apply, clip=clip, class_token=token, text="a photo of my-bird warbler").result[0][0][0]
+    torch.testing.assert_close(stock, ours)
+    assert not torch.allclose(untouched, ours)  # the original CLIP does not know the word
+
+
+def test_cancel_mid_training_keeps_a_usable_token(host, loaded, classifier, monkeypatch):
+    import comfy.model_management as mm
+
+    model, clip, vae = loaded
+    train_mod = __import__("dct_pack.nodes.train_node", fromlist=["x"])
+    seen = []
+
+    def cancel_after_two(node_id, record, label):
+        seen.append(record.step)
+        if record.step == 1:
+            mm.interrupt_current_processing(True)  # what the Cancel button does
+
+    monkeypatch.setattr(train_mod, "_send_progress", cancel_after_two)
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            _run(train_mod.TrainClassToken, **_train_inputs(model, clip, vae, classifier, steps=20,
+                                                            backprop_depth=1, save_name="cancelled-token"))
+    finally:
+        mm.interrupt_current_processing(False)
+    assert seen == [0, 1]
+    token = load_class_token(host["models"] / "embeddings" / "cancelled-token.safetensors")
+    assert token.metadata["trained_steps"] == "2" and torch.isfinite(token.vectors["clip_l"]).all()
+    assert "_try_get_embedding" not in vars(clip.tokenizer.clip_l)
+
+
+def test_bad_inputs_are_clear_node_errors(host, loaded, classifier):
+    model, clip, vae = loaded
+    train = _node(host, "train_node", "TrainClassToken")
+    with pytest.raises(ValueError, match="no class named 'tigre cat'.*'tiger cat'"):
+        _run(train, **_train_inputs(model, clip, vae, classifier, target_class="tigre cat"))
+    sdxl = ClassToken({"clip_l": torch.zeros(1, 768), "clip_g": torch.zeros(1, 1280)}, name="xl")
+    apply = _node(host, "token_nodes", "ApplyClassToken")
+    with pytest.raises(ValueError, match="need \\(clip_l: 768\\)"):
+        _run(apply, clip=clip, class_token=sdxl, text="a photo of {token} cat")
+    one = ClassToken({"clip_l": torch.zeros(1, 768)}, name="one")
+    with pytest.raises(ValueError, match="neither \\{token\\} nor the trigger word"):
+        _run(apply, clip=clip, class_token=one, text="a photo of a cat")
