@@ -32,13 +32,13 @@ SIZES = {
     "sd15-256": ("sd15", 256, 1, 4),
     "sd15-512": ("sd15", 512, 1, 2),
 }
-# mode -> (train?, K, checkpoint UNet and decoder)
+# mode -> (train?, K, gradient checkpointing in UNet and decoder)
 MODES = {
     "generate": (False, 0, False),
-    "train K=1": (True, 1, False),
-    "train K=1 +ckpt": (True, 1, True),
-    "train K=3": (True, 3, False),
-    "train K=S": (True, -1, False),
+    "train K=1 no ckpt": (True, 1, False),
+    "train K=1": (True, 1, True),
+    "train K=3": (True, 3, True),
+    "train K=S": (True, -1, True),
 }
 
 
@@ -110,7 +110,7 @@ def measure(size: str, mode: str, threads: int) -> dict:
     def run_once():
         if train:
             config = TrainConfig(batch_size=batch, max_steps=1, backprop_depth=depth, sampling=sampling,
-                                 checkpoint_unet=ckpt, checkpoint_decoder=ckpt)
+                                 checkpointing=ckpt)
             train_class_token(backend, classifier, 0, "tiger cat", config)
         else:
             images = generate_images(backend, ["A photo of a tiger cat"] * batch, list(range(batch)), sampling,

@@ -86,10 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--template", action="append", dest="templates",
                    help="prompt template with {token} and {label}; repeat for several (default: the paper's two)")
     t.add_argument("--backprop-depth", type=int, default=1, help="sampling steps with gradient, K (default 1)")
-    t.add_argument("--checkpoint-unet", action="store_true",
-                   help="block-level gradient checkpointing in the UNet step(s) with gradient (on when K > 1)")
-    t.add_argument("--checkpoint-decoder", action="store_true",
-                   help="recompute the VAE decoder in backward: less memory at 512 px, a bit slower")
+    t.add_argument("--no-checkpointing", dest="checkpointing", action="store_false",
+                   help="keep all activations (faster, much more memory); default: block-level gradient "
+                        "checkpointing in the UNet step(s) with gradient and in the VAE decoder")
     t.add_argument("--accuracy-threshold", type=float, default=0.7, help="stop at this batch accuracy (default 0.7)")
     t.add_argument("--patience", type=int, default=15, help="stop after this many steps without a lower loss")
     t.add_argument("--preview-every", type=int, default=0, help="write a preview grid every N steps (0: off)")
@@ -210,7 +209,7 @@ def cmd_train(args) -> int:
         batch_size=args.batch_size, micro_batch=args.micro_batch, seed=args.seed, lr=args.lr,
         weight_decay=args.weight_decay, max_steps=args.steps, accuracy_threshold=args.accuracy_threshold,
         patience=args.patience, backprop_depth=args.backprop_depth, sampling=_sampling(args),
-        checkpoint_unet=args.checkpoint_unet, checkpoint_decoder=args.checkpoint_decoder,
+        checkpointing=args.checkpointing,
     )
     config.validate()
     classifier, target = _classifier(args)

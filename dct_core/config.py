@@ -51,8 +51,9 @@ class TrainConfig:
     accuracy_threshold: float = 0.7  # stop once a batch reaches this accuracy (reference code)
     patience: int = 15  # or after this many steps without a lower loss
     backprop_depth: int = 1  # K: sampling steps taken with gradient (paper: 1, "gradient skipping")
-    checkpoint_unet: bool = False  # block-level checkpointing in the UNet's grad steps (always on when K > 1)
-    checkpoint_decoder: bool = False  # recompute the VAE decoder in backward: less memory, one more decode
+    # Block-level gradient checkpointing in the UNet step(s) with gradient and in the VAE decoder: at 512 px it
+    # cut a training step's peak memory from 2.1x to 1.5x plain generation for about 4% more time (bench/).
+    checkpointing: bool = True
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
     def validate(self) -> None:

@@ -112,9 +112,9 @@ def train_class_token(
                 with torch.no_grad():  # gradient skipping: the trajectory up to the last K steps
                     backend.denoise(traj, backend.encode(prompts[lo:hi], params), negatives[n], traj.remaining - depth)
                 cond = backend.encode(prompts[lo:hi], params)
-                checkpoint = depth > 1 or config.checkpoint_unet
+                checkpoint = depth > 1 or config.checkpointing
                 latents = backend.denoise(traj, cond, negatives[n], depth, checkpoint=checkpoint)
-                pixels = backend.decode(latents, checkpoint=config.checkpoint_decoder)
+                pixels = backend.decode(latents, checkpoint=config.checkpointing)
                 logits = classifier(pixels)
                 loss = classifier.loss(logits.float(), target, target_on).sum() / batch
                 (scaler.scale(loss) if scaler else loss).backward()

@@ -135,13 +135,14 @@ def test_bad_settings_are_refused_before_any_work(sd1_world):
         train_class_token(backend, classifier, 10, "x", TrainConfig(sampling=TINY_SAMPLING))
 
 
-def test_decoder_checkpointing_gives_the_same_step_and_is_switched_off_after(sd1_world):
+def test_checkpointing_gives_the_same_step_and_is_switched_off_after(sd1_world):
     backend, classifier = sd1_world
     decoder = backend.vae.decoder
     attrs = dict(vars(decoder))
-    plain = train_class_token(backend, classifier, 1, "tiger cat", TrainConfig(max_steps=2, **FAST))
+    plain = train_class_token(backend, classifier, 1, "tiger cat",
+                              TrainConfig(max_steps=2, checkpointing=False, **FAST))
     ckpt = train_class_token(backend, classifier, 1, "tiger cat",
-                             TrainConfig(max_steps=2, checkpoint_decoder=True, **FAST))
+                             TrainConfig(max_steps=2, checkpointing=True, **FAST))
     assert [r.loss for r in ckpt.history] == pytest.approx([r.loss for r in plain.history], rel=1e-5)
     torch.testing.assert_close(ckpt.token.vectors["clip_l"], plain.token.vectors["clip_l"])
     assert dict(vars(decoder)).keys() == attrs.keys() and decoder.gradient_checkpointing is False
