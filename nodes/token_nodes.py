@@ -124,7 +124,7 @@ class SaveClassToken(io.ComfyNode):
             description="Saves a class token to models/embeddings (atomic write) in a format ComfyUI, "
                         "A1111/Forge and diffusers all load.",
             inputs=[
-                ClassToken.Input("class_token"),
+                ClassToken.Input("class_token", tooltip="The token to save."),
                 io.String.Input("name", default="class-token",
                                 tooltip="File name; use embedding:<name> in prompts."),
                 io.Combo.Input("format", options=[".safetensors", ".pt"], default=".safetensors",

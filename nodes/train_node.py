@@ -17,7 +17,7 @@ from dct_core.training import train_class_token
 
 from . import folders
 from .comfy_backend import ComfyBackend
-from .host_autograd import autograd_enabled, out_of_place_clip
+from .host_autograd import autograd_enabled, out_of_place_clip, trainable_weights
 from .images import pil_to_host_image
 from .sockets import CATEGORY, Classifier, ClassToken
 
@@ -148,7 +148,8 @@ class TrainClassToken(io.ComfyNode):
             bar.update_absolute(record.step + 1, steps, preview)
             _send_progress(node_id, record, label)
 
-        with autograd_enabled(), out_of_place_clip():
+        # The classifier was loaded by a node, i.e. under inference mode: give autograd plain copies of it too.
+        with autograd_enabled(), out_of_place_clip(), trainable_weights([classifier.module]):
             backend = ComfyBackend(model, clip, vae, sampler_name=sampler_name, scheduler=scheduler,
                                    decoder=_load_decoder(decoder, model))
             meta = {"class_index": str(target), "class_label": label, "classifier": classifier.name,

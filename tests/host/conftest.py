@@ -136,3 +136,24 @@ def loaded(host, sd15_checkpoint):
     with torch.inference_mode():
         model, clip, vae = host_nodes.CheckpointLoaderSimple().load_checkpoint(sd15_checkpoint.name)[:3]
     return model, clip, vae
+
+
+@pytest.fixture(scope="session")
+def server(host, sd15_checkpoint, tmp_path_factory):
+    """The real ComfyUI server with this pack, the tiny checkpoint and a tiny timm classifier."""
+    import timm
+    from safetensors.torch import save_file
+
+    from dct_core.tiny import TINY_LABELS
+
+    from .server import ComfyServer
+
+    srv = ComfyServer(host["root"], tmp_path_factory.mktemp("comfy-base"))
+    (srv.models / "checkpoints" / sd15_checkpoint.name).symlink_to(sd15_checkpoint)
+    torch.manual_seed(0)
+    clf = timm.create_model("test_resnet", pretrained=False, num_classes=len(TINY_LABELS), zero_init_last=False)
+    save_file(clf.state_dict(), str(srv.models / "classifiers" / "tiny-resnet.safetensors"))
+    (srv.models / "classifiers" / "tiny-labels.txt").write_text("\n".join(TINY_LABELS) + "\n")
+    srv.start()
+    yield srv
+    srv.stop()

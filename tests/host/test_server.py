@@ -1,0 +1,65 @@
+"""The pack inside the running ComfyUI server: nodes registered, workflows posted over HTTP."""
+
+from __future__ import annotations
+
+from .server import error_message
+
+NODE_IDS = ["DCTLoadClassifier", "DCTTrainClassToken", "DCTApplyClassToken", "DCTClassTokenClip",
+            "DCTLoadClassToken", "DCTSaveClassToken"]
+
+
+def _train_workflow(save_name: str, target: str = "tiger cat") -> dict:
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_sd15_random.safetensors"}},
+        "2": {"class_type": "DCTLoadClassifier", "inputs": {
+            "classifier": "tiny-resnet.safetensors", "kind": "auto", "timm_architecture": "test_resnet",
+            "labels": "tiny-labels.txt", "pooling": "cls", "multi_label": False}},
+        "3": {"class_type": "DCTTrainClassToken", "inputs": {
+            "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "classifier": ["2", 0], "target_class": target,
+            "init_word": "a", "templates": "A photo of {token} {label}", "steps": 2, "learning_rate": 0.05,
+            "batch_size": 2, "micro_batch": 0, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal",
+            "sampling_steps": 2, "resolution": 64, "seed": 0, "accuracy_threshold": 1.0, "patience": 15,
+            "backprop_depth": 1, "decoder": "checkpoint VAE", "save_name": save_name, "overwrite": True,
+            "preview_every": 1}},
+        "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 1]}},
+        "5": {"class_type": "PreviewImage", "inputs": {"images": ["3", 2]}},
+    }
+
+
+def test_nodes_are_registered_with_tooltips(server):
+    info = server.get("/object_info")
+    for node_id in NODE_IDS:
+        assert node_id in info, f"{node_id} missing; server log:\n{server.log.read_text()[-2000:]}"
+        assert info[node_id]["category"] == "Discriminative Class Tokens"
+        for name, spec in info[node_id]["input"]["required"].items():
+            assert spec[1].get("tooltip") if len(spec) > 1 else False, f"{node_id}.{name} has no tooltip"
+    assert "tiny-resnet.safetensors" in info["DCTLoadClassifier"]["input"]["required"]["classifier"][1]["options"] \
+        or "tiny-resnet.safetensors" in info["DCTLoadClassifier"]["input"]["required"]["classifier"][0]
+
+
+def test_train_then_use_the_token_in_a_stock_workflow(server):
+    entry = server.run(_train_workflow("served-token"))
+    assert entry["status"]["status_str"] == "success", error_message(entry)
+    assert (server.models / "embeddings" / "served-token.safetensors").is_file()
+    use = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_sd15_random.safetensors"}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1],
+                                                         "text": "a photo of embedding:served-token tiger cat"}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": ""}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "5": {"class_type": "KSampler", "inputs": {
+            "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0], "seed": 1,
+            "steps": 2, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+        "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
+        "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "dct"}},
+    }
+    entry = server.run(use)
+    assert entry["status"]["status_str"] == "success", error_message(entry)
+    assert "warning, embedding:served-token does not exist" not in server.log.read_text()
+
+
+def test_an_unknown_class_is_a_clear_node_error(server):
+    entry = server.run(_train_workflow("never", target="tigre cat"))
+    assert entry["status"]["status_str"] == "error"
+    message = error_message(entry)
+    assert "no class named 'tigre cat'" in message and "'tiger cat' (1)" in message
