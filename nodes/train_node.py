@@ -18,7 +18,7 @@ from dct_core.training import train_class_token
 from . import folders
 from .comfy_backend import ComfyBackend
 from .host_autograd import autograd_enabled, out_of_place_clip, trainable_weights
-from .images import pil_to_host_image
+from .images import captioned, pil_to_host_image
 from .sockets import CATEGORY, Classifier, ClassToken
 
 CHECKPOINT_VAE = "checkpoint VAE"
@@ -144,7 +144,8 @@ class TrainClassToken(io.ComfyNode):
                 return  # the loop stops at its next poll and keeps the best token
             preview = None
             if preview_every and record.step % preview_every == 0:
-                preview = ("JPEG", make_grid([images], min_cell=128), 768)
+                caption = f"step {record.step + 1}/{steps}  loss {record.loss:.3f}  accuracy {record.accuracy:.2f}"
+                preview = ("JPEG", captioned(make_grid([images], min_cell=128), caption), 768)
             bar.update_absolute(record.step + 1, steps, preview)
             _send_progress(node_id, record, label)
 

@@ -211,3 +211,20 @@ def test_labels_and_classifier_info_commands(capsys):
     assert main(["classifier-info", "timm:test_resnet"]) == 0
     out = capsys.readouterr().out
     assert "1000 classes" in out and "input 160x160" in out and "crop_pct 0.95, bilinear, mean (0.5, 0.5, 0.5)" in out
+
+
+def test_classifier_gradient_checkpointing_keeps_the_gradient(tmp_path):
+    from timm.models._hub import save_for_hf
+
+    torch.manual_seed(0)
+    model = timm.create_model("test_vit", pretrained=False, num_classes=len(LABELS))
+    save_for_hf(model, str(tmp_path / "vit"), model_config={"label_names": LABELS})
+    images = torch.rand(2, 3, 48, 48, requires_grad=True)
+    grads = []
+    for flag in (False, True):
+        clf = load_classifier(str(tmp_path / "vit"), grad_checkpointing=flag)
+        assert clf.module.grad_checkpointing is flag
+        images.grad = None
+        clf(images)[:, 1].sum().backward()
+        grads.append(images.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1])

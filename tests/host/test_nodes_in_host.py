@@ -206,3 +206,24 @@ def test_bad_inputs_are_clear_node_errors(host, loaded, classifier):
     one = ClassToken({"clip_l": torch.zeros(1, 768)}, name="one")
     with pytest.raises(ValueError, match="neither \\{token\\} nor the trigger word"):
         _run(apply, clip=clip, class_token=one, text="a photo of a cat")
+
+
+def test_a_taesd_decoder_from_vae_approx_gives_the_training_signal(host, loaded, classifier):
+    import comfy.taesd.taesd
+    from safetensors.torch import save_file
+
+    from .conftest import _random_init_
+
+    decoder = comfy.taesd.taesd.TAESD(latent_channels=4).taesd_decoder
+    _random_init_(decoder, 5)
+    save_file({k: v.contiguous() for k, v in decoder.state_dict().items()},
+              str(host["models"] / "vae_approx" / "taesd_decoder.safetensors"))
+    train = _node(host, "train_node", "TrainClassToken")
+    schema = train.define_schema()
+    options = next(i for i in schema.inputs if i.id == "decoder").options
+    assert "taesd_decoder.safetensors" in options
+    model, clip, vae = loaded
+    out = _run(train, **_train_inputs(model, clip, vae, classifier, steps=2, decoder="taesd_decoder.safetensors",
+                                      save_name=""))
+    token = out.result[0]
+    assert torch.isfinite(token.vectors["clip_l"]).all()
