@@ -228,3 +228,32 @@ def test_classifier_gradient_checkpointing_keeps_the_gradient(tmp_path):
         clf(images)[:, 1].sum().backward()
         grads.append(images.grad.clone())
     torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_zero_shot_from_open_clip_weights(tmp_path):
+    open_clip = pytest.importorskip("open_clip")
+    from open_clip import factory
+
+    factory._MODEL_CONFIGS["dct-tiny-test"] = {
+        "embed_dim": 16,
+        "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 4, "layers": 2},
+    }
+    torch.manual_seed(0)
+    model = open_clip.create_model("dct-tiny-test", pretrained=None).eval()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "open_clip_model.safetensors"))
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(LABELS))
+    clf = load_classifier(f"clip:{tmp_path / 'open_clip_model.safetensors'}#arch=dct-tiny-test", labels=labels)
+    assert clf.num_classes == len(LABELS) and clf.preprocess.input_size == (32, 32)
+    images = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        tok = open_clip.get_tokenizer("dct-tiny-test")
+        text = model.encode_text(tok([f"a photo of a {n.split(',')[0]}" for n in LABELS]))
+        image = model.encode_image(clf.preprocess(images))
+        expected = model.logit_scale.exp() * (image / image.norm(dim=-1, keepdim=True)) @ (
+            text / text.norm(dim=-1, keepdim=True)).T
+        torch.testing.assert_close(clf(images), expected)
+    _assert_image_gradient(clf, 32)
+    with pytest.raises(DCTError, match="#arch="):
+        load_classifier(f"clip:{tmp_path / 'open_clip_model.safetensors'}", labels=labels)

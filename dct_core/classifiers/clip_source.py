@@ -10,6 +10,7 @@ from ..errors import DCTError
 from .base import ImageClassifier
 from .hf_source import preprocess_from_folder
 from .labels import display_name, imagenet_labels, read_labels
+from .preprocess import Preprocess
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -33,12 +34,67 @@ class ZeroShotLogits(torch.nn.Module):
         return self.model.logit_scale.exp() * image @ self.text_features.T
 
 
-def load_clip_classifier(folder: str | Path, labels=None, *, template: str = DEFAULT_TEMPLATE) -> ImageClassifier:
+def _label_names(labels) -> list[str]:
+    return imagenet_labels() if labels is None else labels if isinstance(labels, list) else read_labels(labels)
+
+
+class OpenCLIPZeroShot(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, text_features: torch.Tensor):
+        super().__init__()
+        self.model = model
+        self.register_buffer("text_features", text_features)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        image = self.model.encode_image(pixel_values)
+        image = image / image.norm(dim=-1, keepdim=True)
+        return self.model.logit_scale.exp() * image @ self.text_features.T
+
+
+def load_open_clip_classifier(weights: str | Path, arch: str, labels=None, *, template: str = DEFAULT_TEMPLATE):
+    """open_clip weights (e.g. open_clip_pytorch_model.bin / .safetensors of laion/CLIP-ViT-H-14-laion2B-s32B-b79K)
+    with the open_clip architecture name (e.g. ViT-H-14). Needs the optional ``open_clip_torch`` package."""
+    try:
+        import open_clip
+    except ImportError as exc:
+        raise DCTError("open_clip weights need the open_clip_torch package: pip install open_clip_torch") from exc
+    from .weights import read_state_dict
+
+    if arch not in open_clip.list_models():
+        raise DCTError(f"open_clip has no architecture {arch!r}; e.g. ViT-B-32, ViT-L-14, ViT-H-14.")
+    model = open_clip.create_model(arch, pretrained=None)
+    state = read_state_dict(weights)  # our own safe reader: safetensors, or weights-only pickles
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise DCTError(f"{Path(weights).name} does not fit open_clip {arch}: {str(exc).splitlines()[1:2]}") from exc
+    model.eval().requires_grad_(False)
+    tokenizer = open_clip.get_tokenizer(arch)
+    names = _label_names(labels)
+    with torch.no_grad():
+        text = model.encode_text(tokenizer([template.format(label=display_name(n)) for n in names]))
+        text = text / text.norm(dim=-1, keepdim=True)
+    size = model.visual.image_size
+    size = size if isinstance(size, (tuple, list)) else (size, size)
+    cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
+    preprocess = Preprocess(input_size=(int(size[0]), int(size[1])), crop_pct=1.0, interpolation="bicubic",
+                            mean=tuple(cfg.get("mean", OPENAI_MEAN)), std=tuple(cfg.get("std", OPENAI_STD)))
+    return ImageClassifier(OpenCLIPZeroShot(model, text).eval(), list(names), preprocess,
+                           name=f"clip:open_clip:{arch}")
+
+
+def load_clip_classifier(folder: str | Path, labels=None, *, template: str = DEFAULT_TEMPLATE,
+                         arch: str | None = None) -> ImageClassifier:
+    """Zero-shot CLIP from a transformers CLIP folder, or from an open_clip weights file with ``arch``."""
     from transformers import CLIPModel, CLIPTokenizer
 
     folder = Path(folder)
     if "{label}" not in template:
         raise DCTError(f"the CLIP prompt template {template!r} must contain {{label}}.")
+    if folder.is_file():
+        if not arch:
+            raise DCTError(f"{folder.name} is a weights file: name its open_clip architecture, e.g. "
+                           f"clip:{folder}#arch=ViT-H-14 (or give a transformers CLIP folder).")
+        return load_open_clip_classifier(folder, arch, labels, template=template)
     try:
         model = CLIPModel.from_pretrained(str(folder), local_files_only=True).eval().requires_grad_(False)
     except (OSError, ValueError, KeyError) as exc:
@@ -49,7 +105,7 @@ def load_clip_classifier(folder: str | Path, labels=None, *, template: str = DEF
         from ..model_loading import clip_tokenizer  # the CLIP BPE vocabulary shipped with the package
 
         tokenizer = clip_tokenizer()
-    names = imagenet_labels() if labels is None else labels if isinstance(labels, list) else read_labels(labels)
+    names = _label_names(labels)
     prompts = [template.format(label=display_name(n)) for n in names]
     with torch.no_grad():
         tokens = tokenizer(prompts, padding="max_length", truncation=True, max_length=77, return_tensors="pt")

@@ -4,7 +4,8 @@ Forms (each may end in ``#key=value,...`` options: pooling=mean, multi_label=tru
 - ``timm:<architecture>`` with weights from ``--classifier-weights`` or inline ``timm:<architecture>@<file>``
 - a folder: timm's hub layout (config.json with ``architecture``) or transformers (config.json with id2label)
 - a TorchScript file (with ``--labels`` or a ``<file>.json`` sidecar)
-- ``clip:<folder>``: zero-shot CLIP over the labels (default: ImageNet names)
+- ``clip:<folder>``: zero-shot CLIP over the labels (default: ImageNet names); open_clip weights as
+  ``clip:<file>#arch=<open_clip architecture>``
 Several specs make an ensemble (log-probabilities averaged).
 """
 
@@ -49,8 +50,11 @@ def load_classifier(
     pooling = opts.pop("pooling", pooling) or "cls"
     multi_label = _flag(opts.pop("multi_label", multi_label))
     template = opts.pop("template", template)
+    arch = opts.pop("arch", None)
     if opts:
-        raise DCTError(f"unknown classifier option(s) {', '.join(opts)}; known: pooling, multi_label, template.")
+        raise DCTError(
+            f"unknown classifier option(s) {', '.join(opts)}; known: pooling, multi_label, template, arch."
+        )
     kind, sep, rest = spec.partition(":")
     if sep and kind == "timm" and rest:
         name, _, inline = rest.partition("@")
@@ -60,7 +64,7 @@ def load_classifier(
     elif sep and kind == "clip" and rest:
         from .clip_source import DEFAULT_TEMPLATE, load_clip_classifier
 
-        classifier = load_clip_classifier(_existing(rest), labels, template=template or DEFAULT_TEMPLATE)
+        classifier = load_clip_classifier(_existing(rest), labels, template=template or DEFAULT_TEMPLATE, arch=arch)
     else:
         classifier = _load_path(_existing(spec), labels, pooling, multi_label)
     if grad_checkpointing:
