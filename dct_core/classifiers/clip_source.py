@@ -23,13 +23,18 @@ def _features(out) -> torch.Tensor:
 
 
 class ZeroShotLogits(torch.nn.Module):
+    """Scaled cosine similarity of the image to each label's text embedding (transformers CLIP)."""
+
     def __init__(self, model: torch.nn.Module, text_features: torch.Tensor):
         super().__init__()
         self.model = model
         self.register_buffer("text_features", text_features)
 
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return _features(self.model.get_image_features(pixel_values=pixel_values))
+
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        image = _features(self.model.get_image_features(pixel_values=pixel_values))
+        image = self.image_features(pixel_values)
         image = image / image.norm(dim=-1, keepdim=True)
         return self.model.logit_scale.exp() * image @ self.text_features.T
 
@@ -38,16 +43,9 @@ def _label_names(labels) -> list[str]:
     return imagenet_labels() if labels is None else labels if isinstance(labels, list) else read_labels(labels)
 
 
-class OpenCLIPZeroShot(torch.nn.Module):
-    def __init__(self, model: torch.nn.Module, text_features: torch.Tensor):
-        super().__init__()
-        self.model = model
-        self.register_buffer("text_features", text_features)
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        image = self.model.encode_image(pixel_values)
-        image = image / image.norm(dim=-1, keepdim=True)
-        return self.model.logit_scale.exp() * image @ self.text_features.T
+class OpenCLIPZeroShot(ZeroShotLogits):
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(pixel_values)
 
 
 def load_open_clip_classifier(weights: str | Path, arch: str, labels=None, *, template: str = DEFAULT_TEMPLATE):
