@@ -178,6 +178,6 @@ def load_class_token(path: str | os.PathLike) -> ClassToken:
     else:
         data = _load_pickle(path)
     vectors = _vectors_from_state(data, path)
-    name = meta.pop("dct.name", None) or (data.get("name") if isinstance(data.get("name"), str) else None)
-    metadata = {k[4:]: v for k, v in meta.items() if k.startswith("dct.") and k != "dct.encoders"}
-    return ClassToken(vectors=vectors, name=name or path.stem, metadata=metadata)
+    # The trigger word is the file name, as in every host (embedding:NAME, A1111's embeddings folder).
+    metadata = {k[4:]: v for k, v in meta.items() if k.startswith("dct.") and k not in ("dct.encoders", "dct.name")}
+    return ClassToken(vectors=vectors, name=path.stem, metadata=metadata)

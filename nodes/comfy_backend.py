@@ -137,10 +137,15 @@ class ComfyBackend:
         return latents
 
     def decode(self, latents: torch.Tensor, *, checkpoint: bool = False) -> torch.Tensor:
+        """With gradient (the training signal): the chosen decoder (TAESD when given); without (previews,
+        before/after images): always the checkpoint's VAE."""
         import comfy.model_management
 
-        comfy.model_management.load_models_gpu([self.vae.patcher])
-        decoder = self.decoder or self.vae.first_stage_model
+        if self.decoder is not None and torch.is_grad_enabled():
+            decoder = self.decoder
+        else:
+            comfy.model_management.load_models_gpu([self.vae.patcher])
+            decoder = self.vae.first_stage_model
         param = next(decoder.parameters())
         z = latents.to(param.device, param.dtype)
         # (no checkpointing: the clones autograd needs are gone by the time backward would recompute)

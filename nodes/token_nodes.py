@@ -41,8 +41,8 @@ class ApplyClassToken(io.ComfyNode):
             inputs=[
                 io.Clip.Input("clip", tooltip="The text encoder the token was trained for."),
                 ClassToken.Input("class_token", tooltip="From Train Discriminative Token or Load Class Token."),
+                # no dynamic_prompts: the frontend would rewrite a lone {token} to the word "token"
                 io.String.Input("text", default="a photo of {token} tiger cat", multiline=True,
-                                dynamic_prompts=True,
                                 tooltip="The prompt; write {token} or the token's trigger word where it goes."),
             ],
             outputs=[io.Conditioning.Output("CONDITIONING", display_name="conditioning")],
@@ -97,6 +97,19 @@ class LoadClassToken(io.ComfyNode):
                                    tooltip="A file under models/embeddings.")],
             outputs=[ClassToken.Output("CLASS_TOKEN", display_name="class token")],
         )
+
+    @classmethod
+    def fingerprint_inputs(cls, token):
+        """Re-read the file when it changed on disk (a token retrained under the same name)."""
+        import os
+
+        import folder_paths
+
+        path = folder_paths.get_full_path("embeddings", token)
+        if path is None:
+            return token
+        stat = os.stat(path)
+        return f"{token}:{stat.st_mtime_ns}:{stat.st_size}"
 
     @classmethod
     def execute(cls, token) -> io.NodeOutput:

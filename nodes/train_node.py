@@ -69,7 +69,7 @@ class TrainClassToken(io.ComfyNode):
                                         "{label} the class name. Default: the paper's two."),
                 io.Int.Input("steps", default=d.max_steps, min=1, max=10000,
                              tooltip="Maximum optimization steps (paper's reference code: 50)."),
-                io.Float.Input("learning_rate", default=d.lr, min=1e-6, max=1.0, step=1e-5,
+                io.Float.Input("learning_rate", default=d.lr, min=1e-5, max=1.0, step=1e-5,
                                tooltip="AdamW learning rate on the token only."),
                 io.Int.Input("batch_size", default=d.batch_size, min=1, max=64,
                              tooltip="Images (seeds) per step; the same seeds every step (paper: 5)."),
@@ -93,7 +93,7 @@ class TrainClassToken(io.ComfyNode):
                              tooltip="Or stop after this many steps without a lower loss."),
                 io.Int.Input("backprop_depth", default=d.backprop_depth, min=1, max=50,
                              tooltip="Sampling steps taken with gradient: 1 is the paper's gradient skipping; "
-                                     "more is slower and uses gradient checkpointing."),
+                                     "more gives a stronger signal but is slower and keeps K steps of activations."),
                 io.Combo.Input("decoder", options=_decoders(), default=CHECKPOINT_VAE,
                                tooltip="Decoder for the training signal: the checkpoint's VAE, or a TAESD decoder "
                                        "from models/vae_approx (much cheaper at 512 px)."),

@@ -227,3 +227,20 @@ def test_a_taesd_decoder_from_vae_approx_gives_the_training_signal(host, loaded,
                                       save_name=""))
     token = out.result[0]
     assert torch.isfinite(token.vectors["clip_l"]).all()
+
+
+def test_load_class_token_rereads_a_retrained_file_and_names_it_after_the_file(host):
+    import os
+
+    from dct_core.tokens import save_class_token
+
+    load = _node(host, "token_nodes", "LoadClassToken")
+    path = host["models"] / "embeddings" / "renamed-file.safetensors"
+    save_class_token(ClassToken({"clip_l": torch.zeros(1, 768)}, name="original-name"), path, overwrite=True)
+    first = load.fingerprint_inputs(token="renamed-file.safetensors")
+    token = _run(load, token="renamed-file.safetensors").result[0]
+    assert token.name == "renamed-file"  # the trigger is the file name, as embedding:<name> in every host
+    save_class_token(ClassToken({"clip_l": torch.ones(1, 768)}, name="x"), path, overwrite=True)
+    os.utime(path, ns=(1, 2_000_000_000_000_000_000))
+    assert load.fingerprint_inputs(token="renamed-file.safetensors") != first
+    assert torch.equal(_run(load, token="renamed-file.safetensors").result[0].vectors["clip_l"], torch.ones(1, 768))
