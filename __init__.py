@@ -13,8 +13,10 @@ _here = os.path.dirname(os.path.abspath(__file__))
 if _here not in sys.path:
     sys.path.append(_here)
 
-from .nodes import comfy_entrypoint  # noqa: E402
-
 WEB_DIRECTORY = "./web"
+__all__ = ["WEB_DIRECTORY"]
 
-__all__ = ["WEB_DIRECTORY", "comfy_entrypoint"]
+if __package__:  # imported by the host as a package (not as a loose module, e.g. by pytest's rootdir scan)
+    from .nodes import comfy_entrypoint  # noqa: E402, F401
+
+    __all__.append("comfy_entrypoint")

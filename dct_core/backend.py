@@ -51,5 +51,9 @@ class Backend(Protocol):
         """Take ``num_steps`` CFG sampling steps; gradients follow the ambient grad mode. Returns latents
         (after the last step, the model's x0)."""
 
+    def predict_x0(self, traj: Trajectory, cond: Any, uncond: Any) -> torch.Tensor:
+        """The guided model's x0 at the current step, differentiable in ``cond``; the trajectory does not move
+        (used by test-time adaptive conditioning)."""
+
     def decode(self, latents: torch.Tensor, *, checkpoint: bool = False) -> torch.Tensor:
         """Latents to images [B, 3, H, W] in [0, 1], differentiable; ``checkpoint`` trades time for memory."""

@@ -19,6 +19,7 @@ from .prompts import tokenize_with_slots
 class Conditioning(NamedTuple):
     hidden: torch.Tensor  # [B, 77, D] (SDXL: both encoders concatenated)
     pooled: torch.Tensor | None  # SDXL: [B, 1280] from the second encoder
+    token_mask: torch.Tensor | None = None  # [B, 77] True at the class-token positions
 
 
 @contextmanager
@@ -83,10 +84,11 @@ class DiffusersBackend:
         return out
 
     def encode(self, prompts: Sequence[str], vectors: dict[str, torch.Tensor] | None) -> Conditioning:
-        hidden, pooled = [], None
+        hidden, pooled, mask = [], None, None
         for name, enc, tok in zip(self.encoders, self.text_encoders, self.tokenizers):
             vec = None if vectors is None else vectors[name]
             ids, slots = tokenize_with_slots(tok, prompts, 0 if vec is None else vec.shape[0])
+            mask = slots >= 0
             ids, slots = ids.to(self.device), slots.to(self.device)
             with spliced_vectors(enc.get_input_embeddings(), slots, vec):
                 out = enc(ids, output_hidden_states=self.is_sdxl)
@@ -96,7 +98,7 @@ class DiffusersBackend:
                     pooled = out.text_embeds if hasattr(out, "text_embeds") else out.pooler_output
             else:
                 hidden.append(out.last_hidden_state)
-        return Conditioning(torch.cat(hidden, dim=-1).to(self.dtype), pooled)
+        return Conditioning(torch.cat(hidden, dim=-1).to(self.dtype), pooled, mask.to(self.device))
 
     def negative(self, prompt: str, batch: int) -> Conditioning:
         """The unconditional branch of CFG (no class token)."""
@@ -162,6 +164,23 @@ class DiffusersBackend:
             out_u, out_c = self._unet(torch.cat([x_in, x_in]), t, torch.cat([uncond.hidden, cond.hidden]),
                                       pooled, time_ids).chunk(2)
         return out_u + guidance * (out_c - out_u)
+
+    def predict_x0(self, traj: Trajectory, cond: Conditioning, uncond: Conditioning) -> torch.Tensor:
+        """The guided model's x0 (clean latents) at the current step, without advancing the trajectory."""
+        sched, guidance = traj.state["scheduler"], traj.state["guidance"]
+        t = traj.state["timesteps"][traj.done]
+        x = traj.latents
+        out = self._guided(sched, x, t, cond, uncond if guidance > 1.0 else None, guidance, traj.state.get("time_ids"))
+        x_in = sched.scale_model_input(x, t)  # DDPM-space latents for DDIM and Euler alike
+        a = sched.alphas_cumprod.to(x.device)[t.long() if torch.is_tensor(t) else int(t)].to(torch.float32)
+        kind = sched.config.prediction_type
+        if kind == "epsilon":
+            x0 = (x_in.float() - (1 - a).sqrt() * out.float()) / a.sqrt()
+        elif kind == "v_prediction":
+            x0 = a.sqrt() * x_in.float() - (1 - a).sqrt() * out.float()
+        else:
+            x0 = out.float()
+        return x0.to(x.dtype)
 
     def decode(self, latents: torch.Tensor, *, checkpoint: bool = False) -> torch.Tensor:
         cfg = self.vae.config

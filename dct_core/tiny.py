@@ -68,6 +68,7 @@ def tiny_pipeline(kind: str = "sd1", *, seed: int = 0, text_gain: float = 5.0, p
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
         set_alpha_to_one=False, steps_offset=1, prediction_type=prediction_type,
     )
+    unet.eval(), vae.eval()  # as from_pretrained leaves them
     text_encoder = _text_encoder(32, None, text_gain, seed + 2)
     if not sdxl:
         return StableDiffusionPipeline(

@@ -1,0 +1,66 @@
+"""Test-time adaptive conditioning (DATE) on the tiny world."""
+
+import pytest
+import torch
+
+from conftest import TINY_SAMPLING
+from dct_core.adaptive import AdaptiveConfig, adaptive_generate, class_score
+from dct_core.errors import DCTError
+from dct_core.freezing import frozen
+from dct_core.generation import generate_images
+
+PROMPTS = ["a photo of a tiger cat"] * 4
+SEEDS = [20, 21, 22, 23]
+
+
+def test_rho_zero_is_bit_identical_to_plain_sampling(sd1_world):
+    backend, classifier = sd1_world
+    plain = generate_images(backend, PROMPTS, SEEDS, TINY_SAMPLING)
+    same = adaptive_generate(backend, PROMPTS, SEEDS, TINY_SAMPLING, class_score(classifier, 1),
+                             AdaptiveConfig(rho=0.0))
+    assert torch.equal(plain, same)
+
+
+def test_updates_happen_only_at_the_chosen_steps():
+    config = AdaptiveConfig(every=2, interval=(0.0, 1.0))
+    assert config.update_steps(10) == [0, 2, 4, 6, 8]
+    assert AdaptiveConfig(steps=(1, 3, 99)).update_steps(4) == [1, 3]
+    assert AdaptiveConfig(interval=(0.5, 1.0)).update_steps(4) == [2, 3]
+    with pytest.raises(DCTError):
+        AdaptiveConfig(interval=(0.8, 0.2)).validate()
+
+
+def test_adaptive_sampling_raises_the_target_probability(sd1_world):
+    backend, classifier = sd1_world
+    target = classifier.class_index("tiger cat")
+    plain = generate_images(backend, PROMPTS, SEEDS, TINY_SAMPLING)
+    updated = []
+    adapted = adaptive_generate(backend, PROMPTS, SEEDS, TINY_SAMPLING, class_score(classifier, target),
+                                AdaptiveConfig(rho=0.5, updates_per_step=2, reset=False), on_update=updated.append)
+    assert updated == list(range(TINY_SAMPLING.steps))
+    with torch.no_grad():
+        before = classifier(plain).softmax(-1)[:, target].mean()
+        after = classifier(adapted).softmax(-1)[:, target].mean()
+    assert after > before * 1.5, (float(before), float(after))
+
+
+def test_token_target_moves_only_the_class_token_positions(sd1_world):
+    backend, classifier = sd1_world
+    from dct_core.adaptive import adapt_conditioning
+
+    vectors = backend.init_vectors("a", 1)
+    prompts = ["a photo of {token} tiger cat"] * 2
+    with frozen([*backend.modules(), classifier.module]), torch.no_grad():
+        cond = backend.encode(prompts, vectors)
+        uncond = backend.negative("", 2)
+        traj = backend.start([0, 1], TINY_SAMPLING)
+        backend.denoise(traj, cond, uncond, 2)
+    with frozen([*backend.modules(), classifier.module]):
+        moved = adapt_conditioning(backend, traj, cond, uncond, cond, class_score(classifier, 1),
+                                   AdaptiveConfig(target="token"))
+    changed = (moved.hidden - cond.hidden).abs().sum(-1) > 0
+    assert torch.equal(changed, cond.token_mask)
+    with pytest.raises(DCTError, match="needs a class token"):
+        plain = backend.encode(["a photo of a cat"] * 2, None)
+        adapt_conditioning(backend, traj, plain, uncond, plain, class_score(classifier, 1),
+                           AdaptiveConfig(target="token"))
