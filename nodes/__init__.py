@@ -7,6 +7,7 @@ def comfy_entrypoint():
     """Called by the host after import; registering folders here keeps paths from extra_model_paths.yaml."""
     from comfy_api.latest import ComfyExtension
 
+    from .adaptive_node import AdaptiveClassGuidance
     from .classifier_node import LoadClassifier
     from .folders import register_classifier_folder
     from .token_nodes import ApplyClassToken, ClassTokenClip, LoadClassToken, SaveClassToken
@@ -16,6 +17,7 @@ def comfy_entrypoint():
 
     class DiscriminativeClassTokens(ComfyExtension):
         async def get_node_list(self):
-            return [LoadClassifier, TrainClassToken, ApplyClassToken, ClassTokenClip, LoadClassToken, SaveClassToken]
+            return [LoadClassifier, TrainClassToken, ApplyClassToken, ClassTokenClip, LoadClassToken, SaveClassToken,
+                    AdaptiveClassGuidance]
 
     return DiscriminativeClassTokens()

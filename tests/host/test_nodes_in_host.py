@@ -244,3 +244,40 @@ def test_load_class_token_rereads_a_retrained_file_and_names_it_after_the_file(h
     os.utime(path, ns=(1, 2_000_000_000_000_000_000))
     assert load.fingerprint_inputs(token="renamed-file.safetensors") != first
     assert torch.equal(_run(load, token="renamed-file.safetensors").result[0].vectors["clip_l"], torch.ones(1, 768))
+
+
+def _sample(model, vae, pos, neg, seed, steps=3):
+    import nodes as host_nodes
+
+    with torch.inference_mode():
+        latent = host_nodes.EmptyLatentImage().generate(64, 64, 1)[0]
+        out = host_nodes.common_ksampler(model, seed, steps, 7.0, "euler", "normal", pos, neg, latent)[0]
+        return host_nodes.VAEDecode().decode(vae, out)[0].clone()
+
+
+def test_adaptive_class_guidance_patch_in_a_stock_ksampler(host, loaded, classifier):
+    import nodes as host_nodes
+
+    model, clip, vae = loaded
+    adaptive = _node(host, "adaptive_node", "AdaptiveClassGuidance")
+    settings = dict(vae=vae, classifier=classifier, target_class="tiger cat", every=1, start=0.0, end=1.0,
+                    reset=False, prior=0.0, score="log_prob")
+    with torch.inference_mode():
+        pos = host_nodes.CLIPTextEncode().encode(clip, "a photo of a tiger cat")[0]
+        neg = host_nodes.CLIPTextEncode().encode(clip, "")[0]
+    pos_before = pos[0][0].clone()
+    seeds = [7, 8, 9]
+    plain = [_sample(model, vae, pos, neg, s) for s in seeds]
+    off = _run(adaptive, model=model, rho=0.0, updates_per_step=1, **settings).result[0]
+    assert torch.equal(_sample(off, vae, pos, neg, seeds[0]), plain[0])  # rho = 0: bit-identical
+    patched = _run(adaptive, model=model, rho=0.5, updates_per_step=2, **settings).result[0]
+    steered = [_sample(patched, vae, pos, neg, s) for s in seeds]
+    target = classifier.class_index("tiger cat")
+
+    def prob(images):
+        with torch.no_grad():
+            return classifier(torch.cat(images).permute(0, 3, 1, 2)).softmax(-1)[:, target].mean()
+
+    assert prob(steered) > prob(plain)
+    assert torch.equal(pos[0][0], pos_before)  # the user's CONDITIONING is never mutated
+    assert model.model_options.get("transformer_options", {}).get("wrappers", {}).get("predict_noise") is None

@@ -1,0 +1,146 @@
+"""Adaptive Class Guidance (DATE): a MODEL patch that, at chosen sampling steps, moves the positive text
+conditioning by a normalized gradient step raising the classifier's score of the predicted image.
+
+It wraps the host's noise prediction (WrappersMP.PREDICT_NOISE), so the stock KSampler, KSamplerAdvanced and
+SamplerCustom all use it. The user's CONDITIONING objects are never changed: the guider holds per-run
+copies, and the updated tensors replace only those copies.
+"""
+
+from __future__ import annotations
+
+import torch
+from comfy_api.latest import io
+
+from dct_core.adaptive import AdaptiveConfig, class_score
+from dct_core.errors import DCTError
+
+from .host_autograd import autograd_enabled, trainable_weights
+from .sockets import CATEGORY, Classifier
+
+WRAPPER_KEY = "dct_date"
+
+
+def _step_index(sigma: torch.Tensor, sample_sigmas: torch.Tensor) -> int:
+    return int((sample_sigmas[:-1].to(sigma.device) - sigma.flatten()[0]).abs().argmin())
+
+
+def make_date_wrapper(vae, classifier, target: int, config: AdaptiveConfig):
+    state: dict = {}
+
+    def wrapper(executor, x, timestep, model_options, seed):
+        import comfy.conds
+        import comfy.model_management
+
+        guider = executor.class_obj
+        sigmas = model_options.get("transformer_options", {}).get("sample_sigmas")
+        if sigmas is None or config.rho == 0:
+            return executor(x, timestep, model_options, seed)
+        if state.get("run") is not sigmas:  # a new sampling run: remember its original positive conds
+            state.update(run=sigmas, original=guider.conds["positive"],
+                         steps=set(config.update_steps(len(sigmas) - 1)))
+        step = _step_index(timestep, sigmas)
+        if step in state["steps"]:
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            original = state["original"]
+            start = original if config.reset else guider.conds["positive"]
+            guider.conds = {**guider.conds, "positive": _updated(guider, start, original, x, timestep,
+                                                                 model_options, seed, vae, classifier, target,
+                                                                 config, comfy.conds)}
+        return executor(x, timestep, model_options, seed)
+
+    return wrapper
+
+
+def _crossattn(entry: dict) -> torch.Tensor:
+    return entry["model_conds"]["c_crossattn"].cond
+
+
+def _with_crossattn(entry: dict, tensor: torch.Tensor, conds_module) -> dict:
+    new = dict(entry)
+    new["model_conds"] = {**entry["model_conds"], "c_crossattn": conds_module.CONDCrossAttn(tensor)}
+    return new
+
+
+def _updated(guider, start, original, x, timestep, model_options, seed, vae, classifier, target, config,
+             conds_module):
+    import comfy.model_management
+    import comfy.samplers
+
+    score = class_score(classifier, target, config.score)
+    model = guider.inner_model
+    with autograd_enabled(), trainable_weights([model, vae.first_stage_model, classifier.module]):
+        x, timestep = x.detach().clone(), timestep.detach().clone()  # plain tensors autograd may save
+        embeds = [_crossattn(e).detach().clone() for e in start]
+        for _ in range(config.updates_per_step):
+            leaves = [e.requires_grad_(True) for e in embeds]
+            positive = [_with_crossattn(e, t, conds_module) for e, t in zip(start, leaves)]
+            x0 = comfy.samplers.sampling_function(model, x, timestep, guider.conds.get("negative"), positive,
+                                                  guider.cfg, model_options=model_options, seed=seed)
+            comfy.model_management.load_models_gpu([vae.patcher])
+            decoder = vae.first_stage_model
+            param = next(decoder.parameters())
+            images = ((decoder.decode(model.process_latent_out(x0).to(param.device, param.dtype)).float() + 1) / 2)
+            objective = -score(images.clamp(0, 1).to(comfy.model_management.get_torch_device())).sum()
+            if config.prior:
+                objective = objective + 0.5 * config.prior * sum(
+                    (leaf - _crossattn(o).to(leaf.device)).square().sum() for leaf, o in zip(leaves, original))
+            grads = torch.autograd.grad(objective, leaves, allow_unused=True)
+            embeds = [(leaf - config.rho * g / g.norm().clamp_min(1e-12)).detach() if g is not None
+                      else leaf.detach() for leaf, g in zip(leaves, grads)]
+    return [_with_crossattn(e, t, conds_module) for e, t in zip(start, embeds)]
+
+
+class AdaptiveClassGuidance(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        d = AdaptiveConfig()
+        return io.Schema(
+            node_id="DCTAdaptiveClassGuidance",
+            display_name="Adaptive Class Guidance (DATE)",
+            category=CATEGORY,
+            description="Patches a MODEL so that, during normal sampling, the prompt's conditioning is nudged "
+                        "toward a classifier's class at chosen steps (test-time, no training). Works with the "
+                        "stock KSampler, KSamplerAdvanced and SamplerCustom.",
+            inputs=[
+                io.Model.Input("model", tooltip="The model to patch (a clone is returned; the input is unchanged)."),
+                io.Vae.Input("vae", tooltip="Decodes the predicted image for the classifier."),
+                Classifier.Input("classifier", tooltip="The classifier whose class to steer toward."),
+                io.String.Input("target_class", default="tiger cat",
+                                tooltip="A label name (any synonym) or an index."),
+                io.Float.Input("rho", default=d.rho, min=0.0, max=5.0, step=0.01,
+                               tooltip="Step length of each update (DATE used 0.1 to 0.5); 0 = plain sampling."),
+                io.Int.Input("every", default=d.every, min=1, max=1000,
+                             tooltip="Update at every k-th sampling step (each update costs about one extra "
+                                     "model forward+backward, a decode and the classifier)."),
+                io.Float.Input("start", default=d.interval[0], min=0.0, max=1.0, step=0.01,
+                               tooltip="First fraction of the trajectory where updates may happen."),
+                io.Float.Input("end", default=d.interval[1], min=0.0, max=1.0, step=0.01,
+                               tooltip="Last fraction of the trajectory where updates may happen."),
+                io.Int.Input("updates_per_step", default=d.updates_per_step, min=1, max=20,
+                             tooltip="Gradient updates at each chosen step."),
+                io.Boolean.Input("reset", default=d.reset,
+                                 tooltip="Each update starts from the original conditioning (off: updates add up)."),
+                io.Float.Input("prior", default=d.prior, min=0.0, max=100.0, step=0.01,
+                               tooltip="L2 pull toward the original conditioning."),
+                io.Combo.Input("score", options=["log_prob", "logit"], default=d.score,
+                               tooltip="log_prob of the class, or the raw logit (use for zero-shot CLIP)."),
+            ],
+            outputs=[io.Model.Output("MODEL", display_name="model")],
+        )
+
+    @classmethod
+    def execute(cls, model, vae, classifier, target_class, rho, every, start, end, updates_per_step, reset,
+                prior, score) -> io.NodeOutput:
+        import comfy.patcher_extension
+
+        try:
+            target = classifier.class_index(target_class)
+            config = AdaptiveConfig(rho=rho, every=every, interval=(start, end), updates_per_step=updates_per_step,
+                                    reset=reset, prior=prior, score=score)
+            config.validate()
+        except DCTError as exc:
+            raise ValueError(str(exc)) from exc
+        patched = model.clone()
+        patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.PREDICT_NOISE, WRAPPER_KEY,
+                                     make_date_wrapper(vae, classifier, target, config))
+        return io.NodeOutput(patched)
