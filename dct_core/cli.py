@@ -44,10 +44,10 @@ def _add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-kind", choices=["sd1", "sd2", "sd2-v", "sdxl"], help="family of a single-file checkpoint")
 
 
-def _add_classifier(p: argparse.ArgumentParser, *, target: bool = True, many: bool = True) -> None:
-    c = p.add_argument_group("classifier")
+def _add_classifier(p: argparse.ArgumentParser, *, target: bool = True, many: bool = True, required: bool = True):
+    c = p.add_argument_group("classifier" if required else "classifier (for --adaptive)")
     if many:
-        c.add_argument("--classifier", action="append", required=True, dest="classifiers",
+        c.add_argument("--classifier", action="append", required=required, dest="classifiers",
                        help="timm:<name>[@weights], a timm/transformers folder, a TorchScript file or clip:<folder>; "
                             "repeat for an ensemble; options as SPEC#pooling=mean,multi_label=true")
     else:
@@ -61,7 +61,7 @@ def _add_classifier(p: argparse.ArgumentParser, *, target: bool = True, many: bo
     c.add_argument("--classifier-checkpointing", action="store_true",
                    help="gradient checkpointing inside the classifier (large ViTs)")
     if target:
-        c.add_argument("--class", dest="target", required=True,
+        c.add_argument("--class", dest="target", required=required,
                        help="target class: a name (any synonym) or an index")
         c.add_argument("--target-off", action="store_true",
                        help="multi-label classifiers: train toward the attribute being absent")
@@ -101,6 +101,21 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seeds", type=_seeds, default=_seeds("0-7"), help="e.g. 0-7 or 1,5,9 (default 0-7)")
     g.add_argument("--out", required=True, help="output folder")
     _add_generation(g)
+    _add_classifier(g, required=False)
+    a = g.add_argument_group("test-time adaptive conditioning (DATE)")
+    a.add_argument("--adaptive", action="store_true",
+                   help="also sample with the conditioning nudged toward --class at chosen steps (no training)")
+    a.add_argument("--adaptive-rho", type=float, default=0.2, help="update step length (default 0.2; 0 = off)")
+    a.add_argument("--adaptive-every", type=int, default=1, help="update at every k-th step (default 1)")
+    a.add_argument("--adaptive-steps", type=_seeds, help="update exactly at these step indices, e.g. 0-9 or 2,5")
+    a.add_argument("--adaptive-interval", default="0-1", help="fraction of the trajectory, e.g. 0.2-0.8")
+    a.add_argument("--adaptive-updates", type=int, default=1, help="updates per chosen step (default 1)")
+    a.add_argument("--adaptive-accumulate", action="store_true", help="let updates add up (default: reset)")
+    a.add_argument("--adaptive-prior", type=float, default=0.0, help="L2 pull toward the original (default 0)")
+    a.add_argument("--adaptive-target", choices=["all", "token", "pooled"], default="all",
+                   help="what moves: all positions, the class-token positions, or also SDXL's pooled embedding")
+    a.add_argument("--adaptive-score", choices=["log_prob", "logit"], default="log_prob",
+                   help="raise the class log-probability, or the raw logit (zero-shot CLIP similarity)")
 
     e = sub.add_parser("eval", help="top-1/top-5 accuracy of generated images under a classifier")
     _add_model(e)
@@ -255,16 +270,46 @@ def cmd_generate(args) -> int:
     backend = _backend(args)
     out = Path(args.out)
     seeds = args.seeds
-    rows = [generate_images(backend, [strip_token(args.prompt)] * len(seeds), seeds, sampling)]
+    adaptive = _adaptive(args) if args.adaptive else None
+    rows = {"without-token": generate_images(backend, [strip_token(args.prompt)] * len(seeds), seeds, sampling)}
+    vectors = None
     if token is not None:
         vectors = {k: v.to(backend.device) for k, v in token.for_encoders(backend.encoders).items()}
-        rows.append(generate_images(backend, [args.prompt] * len(seeds), seeds, sampling, vectors))
-    for tag, row in zip(("without", "with"), rows):
+        rows["with-token"] = generate_images(backend, [args.prompt] * len(seeds), seeds, sampling, vectors)
+    if adaptive is not None:
+        from .adaptive import adaptive_generate, class_score
+
+        config, classifier, target = adaptive
+        classifier.to(backend.device)
+        prompt = args.prompt if token is not None else strip_token(args.prompt)
+        rows["adaptive"] = adaptive_generate(backend, [prompt] * len(seeds), seeds, sampling,
+                                             class_score(classifier, target, config.score), config, vectors)
+    for tag, row in rows.items():
         for seed, image in zip(seeds, row):
-            save_image(to_pil(image), out / f"{tag}-token-seed{seed}.png")
-    grid = save_image(make_grid(rows), out / "grid.png")
-    print(f"wrote {len(seeds) * len(rows)} images and {grid} (top row without the token)")
+            save_image(to_pil(image), out / f"{tag}-seed{seed}.png")
+    grid = save_image(make_grid(list(rows.values())), out / "grid.png")
+    print(f"wrote {len(seeds) * len(rows)} images and {grid} (rows: {', '.join(rows)})")
     return 0
+
+
+def _adaptive(args):
+    from .adaptive import AdaptiveConfig
+
+    if not args.classifiers or args.target is None:
+        raise DCTError("--adaptive needs a classifier and a class: --classifier SPEC --class NAME.")
+    try:
+        lo, hi = (float(v) for v in args.adaptive_interval.split("-"))
+    except ValueError as exc:
+        raise DCTError(f"--adaptive-interval must look like 0.2-0.8, got {args.adaptive_interval!r}.") from exc
+    config = AdaptiveConfig(
+        rho=args.adaptive_rho, every=args.adaptive_every, interval=(lo, hi),
+        steps=tuple(args.adaptive_steps) if args.adaptive_steps else None, updates_per_step=args.adaptive_updates,
+        reset=not args.adaptive_accumulate, prior=args.adaptive_prior, target=args.adaptive_target,
+        score=args.adaptive_score,
+    )
+    config.validate()
+    classifier, target = _classifier(args)
+    return config, classifier, target
 
 
 def cmd_eval(args) -> int:

@@ -48,6 +48,15 @@ def test_train_writes_a_token_that_generate_and_eval_use(files, capsys):
     assert (gen / "grid.png").is_file() and len(list(gen.glob("with-token-seed*.png"))) == 3
     assert len(list(gen.glob("without-token-seed*.png"))) == 3
 
+    adaptive = root / "adaptive"
+    assert main(["generate", "--model", str(root / "model"), "--token", str(out), "--prompt",
+                 "a photo of {token} tiger cat", "--seeds", "0-1", "--out", str(adaptive), "--adaptive", *clf,
+                 "--class", "tiger cat", "--adaptive-steps", "1,3", "--adaptive-target", "token", *GEN]) == 0
+    assert len(list(adaptive.glob("adaptive-seed*.png"))) == 2
+    assert main(["generate", "--model", str(root / "model"), "--prompt", "a cat", "--seeds", "0", "--out",
+                 str(adaptive), "--adaptive", *GEN]) == 2
+    assert "--adaptive needs a classifier" in capsys.readouterr().err
+
     capsys.readouterr()
     assert main(["eval", "--model", str(root / "model"), *clf, "--class", "1", "--token", str(out),
                  "--num-images", "4", "--json", *GEN]) == 0

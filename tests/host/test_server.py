@@ -5,7 +5,7 @@ from __future__ import annotations
 from .server import error_message
 
 NODE_IDS = ["DCTLoadClassifier", "DCTTrainClassToken", "DCTApplyClassToken", "DCTClassTokenClip",
-            "DCTLoadClassToken", "DCTSaveClassToken"]
+            "DCTLoadClassToken", "DCTSaveClassToken", "DCTAdaptiveClassGuidance"]
 
 
 def _train_workflow(save_name: str, target: str = "tiger cat") -> dict:
