@@ -64,3 +64,27 @@ def test_token_target_moves_only_the_class_token_positions(sd1_world):
         plain = backend.encode(["a photo of a cat"] * 2, None)
         adapt_conditioning(backend, traj, plain, uncond, plain, class_score(classifier, 1),
                            AdaptiveConfig(target="token"))
+
+
+def test_only_chosen_steps_update_and_sdxl_pooled_moves_too():
+    from conftest import calibrated_classifier
+    from dct_core.adaptive import adapt_conditioning
+    from dct_core.diffusers_backend import DiffusersBackend
+    from dct_core.tiny import tiny_pipeline
+
+    backend = DiffusersBackend(tiny_pipeline("sdxl"))
+    classifier = calibrated_classifier(backend)
+    updated = []
+    adaptive_generate(backend, PROMPTS[:2], SEEDS[:2], TINY_SAMPLING, class_score(classifier, 1),
+                      AdaptiveConfig(rho=0.3, steps=(1, 3)), on_update=updated.append)
+    assert updated == [1, 3]
+    with frozen(backend.modules()), torch.no_grad():
+        cond = backend.encode(PROMPTS[:2], None)
+        uncond = backend.negative("", 2)
+        traj = backend.start(SEEDS[:2], TINY_SAMPLING)
+    with frozen(backend.modules()):
+        moved = adapt_conditioning(backend, traj, cond, uncond, cond, class_score(classifier, 1),
+                                   AdaptiveConfig(target="pooled"))
+        kept = adapt_conditioning(backend, traj, cond, uncond, cond, class_score(classifier, 1), AdaptiveConfig())
+    assert not torch.equal(moved.pooled, cond.pooled) and torch.equal(kept.pooled, cond.pooled)
+    assert not torch.equal(moved.hidden, cond.hidden)
