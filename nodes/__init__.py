@@ -10,10 +10,12 @@ def comfy_entrypoint():
     from .adaptive_node import AdaptiveClassGuidance
     from .classifier_node import LoadClassifier
     from .folders import register_classifier_folder
+    from .routes import register_routes
     from .token_nodes import ApplyClassToken, ClassTokenClip, LoadClassToken, SaveClassToken
     from .train_node import TrainClassToken
 
     register_classifier_folder()
+    register_routes()
 
     class DiscriminativeClassTokens(ComfyExtension):
         async def get_node_list(self):

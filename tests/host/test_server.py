@@ -63,3 +63,31 @@ def test_an_unknown_class_is_a_clear_node_error(server):
     assert entry["status"]["status_str"] == "error"
     message = error_message(entry)
     assert "no class named 'tigre cat'" in message and "'tiger cat' (1)" in message
+
+
+def test_labels_route_lists_filters_and_refuses_bad_input(server):
+    import json
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    def get(**params):
+        url = f"{server.url}/dct/labels?{urllib.parse.urlencode(params)}"
+        try:
+            with urllib.request.urlopen(url, timeout=30) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    status, body = get(classifier="tiny-resnet.safetensors", timm_architecture="test_resnet",
+                       labels="tiny-labels.txt", q="tiger")
+    assert status == 200 and body["total"] == 10
+    assert [(x["index"], x["name"]) for x in body["labels"]] == [(1, "tiger cat"), (2, "tiger")]
+    status, body = get(classifier="tiny-resnet.safetensors", timm_architecture="test_resnet", q="kite")
+    assert status == 200 and body["total"] == 10 and body["matched"] == 0  # 10-way head, no labels file
+    assert get(classifier="nope.safetensors")[0] == 404
+    assert get(classifier="../../etc/passwd")[0] == 400
+    assert get(classifier="tiny-resnet.safetensors", labels="../secrets.txt")[0] == 400
+    assert get(classifier="tiny-resnet.safetensors", limit="100000")[0] == 413
+    status, body = get(classifier="x" * 5000)
+    assert status == 413 and "error" in body
