@@ -8,7 +8,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from conftest import TINY_SAMPLING
+from conftest import TINY_SAMPLING, EvilPickle
 from dct_core.classifiers import EnsembleClassifier, ImageClassifier, Preprocess, load_classifier, load_classifiers
 from dct_core.cli import main
 from dct_core.config import TrainConfig
@@ -174,18 +174,13 @@ def test_off_target_needs_a_multi_label_classifier():
         clf.loss(torch.zeros(1, 2), 0, on=False)
 
 
-class _Evil:
-    def __reduce__(self):
-        return (exec, ("open('PWNED_MARKER', 'w').close()",))
-
-
 def test_a_timm_folder_with_a_malicious_pickle_is_refused(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     folder = tmp_path / "evil"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"architecture": "test_resnet", "num_classes": 3}))
     with open(folder / "pytorch_model.bin", "wb") as f:
-        pickle.dump({"fc.weight": _Evil()}, f)
+        pickle.dump({"fc.weight": EvilPickle(tmp_path / "PWNED_MARKER")}, f)
     with pytest.raises(DCTError, match="refused"):
         load_classifier(str(folder))
     assert not (tmp_path / "PWNED_MARKER").exists()

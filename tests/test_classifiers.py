@@ -5,6 +5,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
+from conftest import EvilPickle
 from dct_core.classifiers import Preprocess, load_classifier, resolve_class
 from dct_core.classifiers.labels import imagenet_labels
 from dct_core.errors import DCTError
@@ -65,21 +66,13 @@ def test_weights_that_do_not_fit_the_architecture(tmp_path):
         load_classifier("timm:test_resnet", path)
 
 
-class _Evil:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
 def test_pickled_weights_load_as_plain_tensors_and_code_is_refused(tmp_path):
     model = timm.create_model("test_resnet", pretrained=False, num_classes=3)
     torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, tmp_path / "ok.pth")
     assert load_classifier("timm:test_resnet", tmp_path / "ok.pth").num_classes == 3
     marker = tmp_path / "pwned"
     with open(tmp_path / "evil.pth", "wb") as f:
-        pickle.dump({"fc.weight": _Evil(str(marker))}, f)
+        pickle.dump({"fc.weight": EvilPickle(str(marker))}, f)
     with pytest.raises(DCTError, match="safetensors.torch.save_file"):
         load_classifier("timm:test_resnet", tmp_path / "evil.pth")
     assert not marker.exists()

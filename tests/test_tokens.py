@@ -6,6 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from conftest import EvilPickle
 from dct_core.diffusers_backend import DiffusersBackend
 from dct_core.errors import DCTError
 from dct_core.tiny import tiny_pipeline
@@ -52,18 +53,10 @@ def test_a1111_pt_and_diffusers_bin_are_read_with_weights_only(tmp_path):
     assert torch.equal(load_class_token(tmp_path / "learned_embeds.bin").vectors["clip_l"], vec[:1])
 
 
-class _Evil:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
 def test_a_pickle_that_runs_code_is_refused(tmp_path):
     marker = tmp_path / "pwned"
     with open(tmp_path / "evil.pt", "wb") as f:
-        pickle.dump({"string_to_param": {"*": _Evil(str(marker))}}, f)
+        pickle.dump({"string_to_param": {"*": EvilPickle(str(marker))}}, f)
     with pytest.raises(DCTError, match="re-save it as .safetensors"):
         load_class_token(tmp_path / "evil.pt")
     assert not marker.exists()
