@@ -71,14 +71,14 @@ def _updated(guider, start, original, x, timestep, model_options, seed, vae, cla
     with autograd_enabled(), trainable_weights([model, vae.first_stage_model, classifier.module]):
         x, timestep = x.detach().clone(), timestep.detach().clone()  # plain tensors autograd may save
         embeds = [_crossattn(e).detach().clone() for e in start]
+        comfy.model_management.load_models_gpu([vae.patcher])  # once per chosen step, not per update
+        decoder = vae.first_stage_model
+        param = next(decoder.parameters())
         for _ in range(config.updates_per_step):
             leaves = [e.requires_grad_(True) for e in embeds]
             positive = [_with_crossattn(e, t, conds_module) for e, t in zip(start, leaves)]
             x0 = comfy.samplers.sampling_function(model, x, timestep, guider.conds.get("negative"), positive,
                                                   guider.cfg, model_options=model_options, seed=seed)
-            comfy.model_management.load_models_gpu([vae.patcher])
-            decoder = vae.first_stage_model
-            param = next(decoder.parameters())
             images = ((decoder.decode(model.process_latent_out(x0).to(param.device, param.dtype)).float() + 1) / 2)
             objective = -score(images.clamp(0, 1).to(comfy.model_management.get_torch_device())).sum()
             if config.prior:

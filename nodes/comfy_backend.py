@@ -8,6 +8,7 @@ as Euler steps of the same CFG'd model with gradient; the final one to sigma 0 i
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -91,7 +92,7 @@ class ComfyBackend:
         """A host CONDITIONING with one row per prompt ([B, 77, D] and pooled [B, P])."""
         conds, pooled = [], []
         self.clip.load_model()
-        with trainable_weights([self.clip.cond_stage_model]) if torch.is_grad_enabled() else _null():
+        with trainable_weights([self.clip.cond_stage_model]) if torch.is_grad_enabled() else nullcontext():
             with token_registered(self.clip.tokenizer, TRIGGER, vectors or {}):
                 for prompt in prompts:
                     text = prompt.replace(TOKEN_MARK, f" embedding:{TRIGGER} ") if vectors else prompt
@@ -149,14 +150,7 @@ class ComfyBackend:
         param = next(decoder.parameters())
         z = latents.to(param.device, param.dtype)
         # (no checkpointing: the clones autograd needs are gone by the time backward would recompute)
-        with trainable_weights([decoder]) if torch.is_grad_enabled() else _null():
+        with trainable_weights([decoder]) if torch.is_grad_enabled() else nullcontext():
             images = decoder.decode(z)
         return ((images.float() + 1) / 2).clamp(0, 1).to(self.device)
 
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False

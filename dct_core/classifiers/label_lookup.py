@@ -1,6 +1,7 @@
 """The class names of a classifier without loading its weights (fast: configs, labels files, file headers).
 
-Used where a list must come back quickly (the ComfyUI class picker); `load_classifier` stays the authority.
+Used where a list must come back quickly (the ComfyUI class picker); the fallbacks are the loaders' own
+(``resolve_names`` and friends), so both agree; `load_classifier` stays the authority.
 """
 
 from __future__ import annotations
@@ -10,24 +11,20 @@ from pathlib import Path
 
 from ..errors import DCTError
 from .labels import imagenet_labels, read_labels
+from .timm_source import folder_label_names, folder_num_classes, head_width, resolve_names
 
 
-def _head_width(weights: Path, architecture: str) -> int | None:
+def _header_width(weights: Path, architecture: str) -> int | None:
     """Rows of the classifier head in a .safetensors file, read from its header only."""
     if weights.suffix != ".safetensors":
         return None
     import timm
     from safetensors import safe_open
 
-    heads = timm.models.get_pretrained_cfg(architecture.split("@")[0]) if timm.is_model(architecture) else None
-    names = heads.classifier if heads is not None else "head"
-    names = names if isinstance(names, (list, tuple)) else [names]
+    cfg = timm.models.get_pretrained_cfg(architecture) if timm.is_model(architecture) else None
     with safe_open(str(weights), framework="pt") as f:
-        keys = set(f.keys())
-        for name in names:
-            if f"{name}.weight" in keys:
-                return int(f.get_slice(f"{name}.weight").get_shape()[0])
-    return None
+        shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
+    return head_width(cfg.classifier if cfg is not None else "head", shapes)
 
 
 def quick_labels(path: str | Path, *, kind: str = "auto", architecture: str = "", labels=None) -> list[str]:
@@ -40,11 +37,7 @@ def quick_labels(path: str | Path, *, kind: str = "auto", architecture: str = ""
     if path.is_dir():
         cfg = json.loads((path / "config.json").read_text())
         if "architecture" in cfg:
-            names = cfg.get("label_names") or cfg.get("pretrained_cfg", {}).get("label_names")
-            if names:
-                return list(names)
-            return imagenet_labels() if cfg.get("num_classes", 1000) == 1000 else [
-                f"class {i}" for i in range(cfg["num_classes"])]
+            return resolve_names(None, folder_num_classes(cfg), folder_label_names(cfg), cfg["architecture"])
         if "id2label" in cfg:
             return [cfg["id2label"][k] for k in sorted(cfg["id2label"], key=int)]
         raise DCTError(f"{path.name} has no label names in its config; give a labels list.")
@@ -53,7 +46,5 @@ def quick_labels(path: str | Path, *, kind: str = "auto", architecture: str = ""
         meta = json.loads(sidecar.read_text())
         if "labels" in meta:
             return [str(x) for x in meta["labels"]]
-    width = _head_width(path, architecture) if architecture else None
-    if width is None or width == 1000:
-        return imagenet_labels()
-    return [f"class {i}" for i in range(width)]
+    width = _header_width(path, architecture) if architecture else None
+    return resolve_names(None, width or 1000, None, architecture or path.name)

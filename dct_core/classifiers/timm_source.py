@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -15,13 +16,13 @@ from .preprocess import Preprocess
 from .weights import read_state_dict
 
 
-def _head_width(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> int | None:
-    """Number of classes in the checkpoint, from the head named in the model's pretrained config."""
-    heads = model.pretrained_cfg.get("classifier", "head")
+def head_width(heads, shapes: Mapping[str, Sequence[int]]) -> int | None:
+    """Number of classes in a checkpoint (tensor name -> shape), from the head name(s) of a timm
+    pretrained config (``pretrained_cfg["classifier"]``)."""
     for head in heads if isinstance(heads, (list, tuple)) else [heads]:
-        weight = state.get(f"{head}.weight")
-        if weight is not None:
-            return int(weight.shape[0])
+        shape = shapes.get(f"{head}.weight")
+        if shape is not None:
+            return int(shape[0])
     return None
 
 
@@ -42,7 +43,9 @@ def _load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source
         raise DCTError(f"weights {source} do not fit timm model {model_name!r}: {first[0].strip()}") from exc
 
 
-def _names(labels, num_classes: int, fallback: list[str] | None, model_name: str) -> list[str]:
+def resolve_names(labels, num_classes: int, fallback: list[str] | None, model_name: str) -> list[str]:
+    """Explicit labels (list or file), else the checkpoint's own names, else ImageNet for 1000 classes, else
+    numbered classes; the count must match the classifier's outputs."""
     if isinstance(labels, list):
         names = labels
     elif labels is not None:
@@ -70,17 +73,31 @@ def load_timm_classifier(
     _check_name(model_name)
     state = read_state_dict(weights) if weights is not None else None
     probe = timm.create_model(model_name, pretrained=False)
-    num_classes = (_head_width(probe, state) if state is not None else None) or probe.num_classes
+    shapes = {k: v.shape for k, v in state.items()} if state is not None else {}
+    num_classes = head_width(probe.pretrained_cfg.get("classifier", "head"), shapes) or probe.num_classes
     if num_classes == probe.num_classes:
         model = probe
     else:
         model = timm.create_model(model_name, pretrained=False, num_classes=num_classes)
     if state is not None:
         _load_weights(model, state, str(weights), model_name)
-    names = _names(labels, num_classes, None, model_name)
+    names = resolve_names(labels, num_classes, None, model_name)
     model.eval().requires_grad_(False)
     return ImageClassifier(model, names, Preprocess.from_timm(model), name=f"timm:{model_name}",
                            multi_label=multi_label)
+
+
+def folder_num_classes(cfg: dict) -> int:
+    return cfg.get("num_classes", cfg.get("pretrained_cfg", {}).get("num_classes", 1000))
+
+
+def folder_label_names(cfg: dict) -> list[str] | None:
+    """Label names a timm hub config carries; descriptions ("tabby, tabby cat") resolve better than ids."""
+    names = cfg.get("label_names") or cfg.get("pretrained_cfg", {}).get("label_names")
+    descriptions = cfg.get("label_descriptions")
+    if names and isinstance(descriptions, dict):
+        names = [descriptions.get(n, n) for n in names]
+    return list(names) if names else None
 
 
 def is_timm_folder(folder: Path) -> bool:
@@ -101,15 +118,11 @@ def load_timm_folder(folder: str | Path, labels=None, *, multi_label: bool = Fal
     if weights is None:
         raise DCTError(f"{folder} has a timm config.json but no model.safetensors or pytorch_model.bin.")
     pretrained_cfg = cfg.get("pretrained_cfg", {})
-    num_classes = cfg.get("num_classes", pretrained_cfg.get("num_classes", 1000))
+    num_classes = folder_num_classes(cfg)
     model_args = {**cfg.get("model_args", {}), "num_classes": num_classes}
     model = timm.create_model(arch, pretrained=False, pretrained_cfg_overlay=pretrained_cfg, **model_args)
     _load_weights(model, read_state_dict(weights), str(weights), arch)
-    fallback = cfg.get("label_names") or pretrained_cfg.get("label_names")
-    if fallback and cfg.get("label_descriptions"):  # descriptions ("tabby, tabby cat") resolve better than ids
-        descriptions = cfg["label_descriptions"]
-        fallback = [descriptions.get(n, n) for n in fallback] if isinstance(descriptions, dict) else fallback
-    names = _names(labels, num_classes, fallback, arch)
+    names = resolve_names(labels, num_classes, folder_label_names(cfg), arch)
     model.eval().requires_grad_(False)
     return ImageClassifier(model, names, Preprocess.from_timm(model), name=f"timm:{folder.name}",
                            multi_label=multi_label)
