@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .config import PAPER_TEMPLATES, SamplingConfig, TrainConfig
+from .config import DEMO_DEPTH, DEMO_STEPS, PAPER_TEMPLATES, SamplingConfig, TrainConfig
 from .errors import DCTError
 
 
@@ -29,9 +29,9 @@ def _seeds(text: str) -> list[int]:
 
 def _add_generation(p: argparse.ArgumentParser, *, seed: int = 0) -> None:
     g = p.add_argument_group("generation")
-    g.add_argument("--resolution", type=int, default=512, help="image size in pixels (default 512; SDXL: 1024)")
-    g.add_argument("--sampling-steps", type=int, default=30, help="sampling steps per image (default 30)")
-    g.add_argument("--guidance", type=float, default=7.0, help="classifier-free guidance scale (default 7)")
+    g.add_argument("--resolution", type=int, help="image size in pixels (default 512; SDXL: 1024; world: 32)")
+    g.add_argument("--sampling-steps", type=int, help="sampling steps per image (default 30; world: 10)")
+    g.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 7; world: 3)")
     g.add_argument("--scheduler", default="ddim", choices=["ddim", "euler", "own"], help="sampler (default ddim)")
     g.add_argument("--negative-prompt", default="", help="negative prompt (default empty)")
     g.add_argument("--seed", type=int, default=seed, help=f"first seed (default {seed})")
@@ -40,7 +40,9 @@ def _add_generation(p: argparse.ArgumentParser, *, seed: int = 0) -> None:
 
 
 def _add_model(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="local diffusers folder or single-file .safetensors checkpoint")
+    p.add_argument("--model", required=True,
+                   help="local diffusers folder, single-file .safetensors checkpoint, or 'world' (the built-in demo "
+                        "world: pair it with --classifier world:guide or world:held-out)")
     p.add_argument("--model-kind", choices=["sd1", "sd2", "sd2-v", "sdxl"], help="family of a single-file checkpoint")
 
 
@@ -65,6 +67,9 @@ def _add_classifier(p: argparse.ArgumentParser, *, target: bool = True, many: bo
                        help="target class: a name (any synonym) or an index")
         c.add_argument("--target-off", action="store_true",
                        help="multi-label classifiers: train toward the attribute being absent")
+        c.add_argument("--prompt-label",
+                       help="the class as written in prompts (default: the classifier's name for it); e.g. the "
+                            "coarse word 'bird' when the class is a species")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,16 +138,34 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("classifier-info", help="what a classifier resolves to: classes, input, preprocessing")
     _add_classifier(info, target=False, many=False)
 
-    d = sub.add_parser("demo", help="train a token on the built-in tiny world (no download, CPU, ~1 min)")
+    d = sub.add_parser("demo", help="train tokens on the built-in demo world and print a Table-1-like table "
+                                     "(no download, CPU, about 2 min)")
     d.add_argument("--out", default="dct-demo", help="output folder (default ./dct-demo)")
-    d.add_argument("--steps", type=int, default=30, help="maximum optimization steps (default 30)")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--class", dest="classes", action="append",
+                   help="demo class to train (repeatable; default: the ambiguous and the fine-detail one)")
+    d.add_argument("--steps", type=int, default=DEMO_STEPS, help=f"optimization steps per token (default {DEMO_STEPS})")
+    d.add_argument("--backprop-depth", type=int, default=DEMO_DEPTH,
+                   help=f"sampling steps with gradient, K (default {DEMO_DEPTH})")
+    d.add_argument("--num-images", type=int, default=64, help="fresh-seed images per class and condition (default 64)")
+    d.add_argument("--json", dest="json_path", help="also write the table as JSON to this file")
+    d.add_argument("--seed", type=int, default=0, help="first training seed (default 0)")
     return parser
 
 
 def _sampling(args) -> SamplingConfig:
-    s = SamplingConfig(resolution=args.resolution, steps=args.sampling_steps, guidance=args.guidance,
-                       negative_prompt=args.negative_prompt, scheduler=args.scheduler)
+    """The user's settings; what they leave out comes from the model's defaults (SD, or the demo world's)."""
+    if getattr(args, "model", None) == "world":
+        from .world import SAMPLING as defaults
+    else:
+        defaults = SamplingConfig()
+    def given(value, default):
+        return default if value is None else value
+
+    s = SamplingConfig(
+        resolution=given(args.resolution, defaults.resolution), steps=given(args.sampling_steps, defaults.steps),
+        guidance=given(args.guidance, defaults.guidance), negative_prompt=args.negative_prompt,
+        scheduler=args.scheduler,
+    )
     s.validate()
     return s
 
@@ -153,6 +176,10 @@ def _backend(args):
     from .runtime import resolve_device, resolve_dtype
 
     device = resolve_device(args.device)
+    if args.model == "world":
+        from .world import load_world_backend
+
+        return load_world_backend(device, resolve_dtype(args.dtype, device))
     pipe = load_pipeline(args.model, device=device, dtype=resolve_dtype(args.dtype, device), kind=args.model_kind)
     return DiffusersBackend(pipe)
 
@@ -229,7 +256,7 @@ def cmd_train(args) -> int:
     config.validate()
     classifier, target = _classifier(args)
     backend = _backend(args)
-    label = classifier.class_name(target)
+    label = args.prompt_label or classifier.class_name(target)
     name = sanitize_name(out.stem)
     meta = {
         "class_index": str(target), "class_label": label, "classifier": " + ".join(args.classifiers),
@@ -313,10 +340,7 @@ def _adaptive(args):
 
 
 def cmd_eval(args) -> int:
-    import torch
-
-    from .generation import generate_images, topk_accuracy
-    from .prompts import prompts_for_batch, strip_token
+    from .evaluation import WITH, WITHOUT, compare_with_token
     from .tokens import load_class_token
 
     sampling = _sampling(args)
@@ -325,34 +349,29 @@ def cmd_eval(args) -> int:
     token = load_class_token(args.token) if args.token else None
     backend = _backend(args)
     classifier.to(backend.device)
-    label = classifier.class_name(target)
-    prompts = prompts_for_batch(templates, label, args.num_images)
+    label = classifier.labels[target]
+    prompt_label = args.prompt_label or classifier.class_name(target)
     seeds = list(range(args.seed, args.seed + args.num_images))
-    conditions = {"without token": ([strip_token(p) for p in prompts], None)}
+    vectors = None
     if token is not None:
         vectors = {k: v.to(backend.device) for k, v in token.for_encoders(backend.encoders).items()}
-        conditions["with token"] = (prompts, vectors)
-    report = {"class_index": target, "class_label": label, "classifier": " + ".join(args.classifiers),
-              "target": "off" if args.target_off else "on", "num_images": args.num_images, "first_seed": args.seed,
-              "results": {}}
-    for name, (ps, vectors) in conditions.items():
-        images = generate_images(backend, ps, seeds, sampling, vectors)
-        with torch.no_grad():
-            logits = classifier(images.to(backend.device))
-        if classifier.multi_label:  # attributes: the rate of images with the attribute as wanted
-            rate = float(classifier.hits(logits, target, not args.target_off).float().mean())
-            report["results"][name] = {"top1": rate, "top5": None}
-        else:
-            acc = topk_accuracy(logits, target)
-            report["results"][name] = {"top1": acc[1], "top5": acc[5]}
+    name = " + ".join(args.classifiers)
+    results, _ = compare_with_token(backend, {name: classifier}, label, prompt_label, templates, vectors, seeds,
+                                    sampling, target_on=not args.target_off)
+    report = {"class_index": target, "class_label": classifier.class_name(target), "prompt_label": prompt_label,
+              "classifier": name, "target": "off" if args.target_off else "on", "num_images": args.num_images,
+              "first_seed": args.seed, "results": results[name]}
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print(f"class {target} {label!r}, {args.num_images} images, classifier {report['classifier']}")
+        print(f"class {target} {report['class_label']!r}, {args.num_images} images, classifier {name}")
         print(f"{'condition':<16}{'top-1':>8}{'top-5':>8}")
-        for name, r in report["results"].items():
+        for condition in (WITHOUT, WITH):
+            r = results[name].get(condition)
+            if r is None:
+                continue
             top5 = "-" if r["top5"] is None else f"{100 * r['top5']:.1f}%"
-            print(f"{name:<16}{100 * r['top1']:>7.1f}%{top5:>8}")
+            print(f"{condition:<16}{100 * r['top1']:>7.1f}%{top5:>8}")
     return 0
 
 
@@ -380,20 +399,27 @@ def cmd_classifier_info(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .demo import DEMO_CLASS, run_demo
+    from .demo import format_table, run_demo
 
-    print(f"dct demo: a class token for {DEMO_CLASS!r} on the built-in tiny random world (CPU, no download)",
-          file=sys.stderr)
+    print("dct demo: class tokens on the built-in demo world (CPU, no download)", file=sys.stderr)
     bar, on_step = _step_printer(args.steps)
+
+    def on_class(target):
+        bar.reset()
+        print(f"training a token for {target.label!r} ({target.kind}; prompts say {target.word!r})", file=sys.stderr)
+
     with _CancelOnInterrupt() as cancel, bar:
-        report = run_demo(args.out, steps=args.steps, seed=args.seed, on_step=on_step, should_cancel=cancel)
-    best = report.result.best
-    print(f"stopped: {report.result.stopped}; best step {best.step}: accuracy {best.accuracy:.2f}")
-    print(f"{'top-1 under the guiding classifier':<36}{'without':>9}{'with token':>12}")
-    for name, row in report.table.items():
-        print(f"{name:<36}{100 * row['before']:>8.1f}%{100 * row['after']:>11.1f}%")
-    print(f"wrote {report.token_path} and {report.grid_path}")
-    print("grid rows: training seeds without / with the token, then fresh seeds without / with")
+        report = run_demo(
+            args.out, classes=args.classes, steps=args.steps, backprop_depth=args.backprop_depth,
+            num_images=args.num_images, seed=args.seed, json_path=args.json_path, on_class=on_class,
+            on_step=on_step, should_cancel=cancel,
+        )
+    print(format_table(report))
+    written = [str(r.token_path) for r in report.rows] + [str(report.grid_path)]
+    if report.json_path:
+        written.append(str(report.json_path))
+    print(f"wrote {', '.join(written)}")
+    print("grid rows: per class, 8 fresh seeds without the token, then the same seeds with it")
     return 0
 
 

@@ -12,6 +12,10 @@ PAPER_TEMPLATES: tuple[str, ...] = (
     "A photo of {token} {label}",
 )
 
+# `dct demo` on the built-in world: optimization steps per token and backprop depth K (see README, demo table).
+DEMO_STEPS = 30
+DEMO_DEPTH = 3
+
 
 @dataclass(frozen=True)
 class SamplingConfig:

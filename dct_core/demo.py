@@ -1,80 +1,168 @@
-"""`dct demo`: the whole method end to end on the built-in tiny world, nothing to download.
+"""`dct demo`: the paper's Table 1 in miniature, on the built-in demo world (CPU, nothing to download).
 
-The tiny world has random weights, so it shows the machinery (the token moves the guiding classifier's
-verdict on the training seeds), not image quality; a trained demo world replaces it later.
+For each demo class (one whose prompt word is shared with another class, one that differs from its sibling
+only in a small detail) a class token is trained with the world's guiding classifier; then 64 fresh seeds are
+generated with and without the token, same seeds and prompts, and judged by the guiding classifier and by a
+held-out classifier of another architecture.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from .config import SamplingConfig, TrainConfig
-from .diffusers_backend import DiffusersBackend
-from .generation import generate_images, topk_accuracy
+from .config import DEMO_DEPTH, DEMO_STEPS, TrainConfig
+from .errors import DCTError
+from .evaluation import WITH, WITHOUT, compare_with_token
+from .files import atomic_write
 from .images import make_grid, save_image
-from .prompts import prompts_for_batch, strip_token
-from .tiny import TINY_LABELS, TINY_RESOLUTION, tiny_classifier, tiny_pipeline
 from .tokens import save_class_token
-from .training import StepRecord, TrainResult
+from .training import StepRecord, train_class_token
+from .world import SAMPLING, load_world_backend, load_world_classifier
 
-DEMO_CLASS = "tiger cat"
+
+@dataclass(frozen=True)
+class DemoClass:
+    label: str  # the classifiers' class
+    word: str  # the coarse word the prompts use (never names the class itself)
+    kind: str  # what makes it hard
+
+
+DEMO_CLASSES: tuple[DemoClass, ...] = (
+    DemoClass("kite, bird of prey", "kite", "ambiguous word"),
+    DemoClass("red-throated warbler", "bird", "fine detail"),
+)
+DEMO_TEMPLATES = ("a photo of a {token} {label}", "a {token} {label}")
+EVAL_FIRST_SEED = 100_000  # fresh seeds: far from the training seeds
+
+
+def demo_config(steps: int = DEMO_STEPS, backprop_depth: int = DEMO_DEPTH, seed: int = 0) -> TrainConfig:
+    return TrainConfig(
+        templates=DEMO_TEMPLATES, batch_size=8, lr=2e-2, max_steps=steps, backprop_depth=backprop_depth,
+        accuracy_threshold=1.0, patience=steps, sampling=SAMPLING, seed=seed, checkpointing=False,
+    )
+
+
+@dataclass
+class DemoRow:
+    target: DemoClass
+    accuracy: dict[str, dict[str, dict]]  # classifier name -> condition -> {"top1", "top5"}
+    train_steps: int
+    train_seconds: float
+    stopped: str
+    token_path: Path
 
 
 @dataclass
 class DemoReport:
-    result: TrainResult
-    token_path: Path
-    grid_path: Path
-    table: dict[str, dict[str, float]]  # "train seeds"/"fresh seeds" -> {"before": top1, "after": top1}
+    rows: list[DemoRow]
+    classifiers: dict[str, str]  # role ("guiding", "held_out") -> classifier name
+    config: TrainConfig
+    num_images: int
+    grid_path: Path | None = None
+    json_path: Path | None = None
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {
+            "world": "dct demo world (procedural 32x32 scenes)",
+            "classifiers": self.classifiers,
+            "backprop_depth": self.config.backprop_depth,
+            "train_steps_max": self.config.max_steps,
+            "batch_size": self.config.batch_size,
+            "sampling": {"steps": self.config.sampling.steps, "guidance": self.config.sampling.guidance},
+            "num_images": self.num_images,
+            "first_seed": EVAL_FIRST_SEED,
+            "templates": list(self.config.templates),
+            "classes": [
+                {"label": r.target.label, "prompt_word": r.target.word, "kind": r.target.kind,
+                 "train_steps": r.train_steps, "train_seconds": round(r.train_seconds, 1), "stopped": r.stopped,
+                 "token": str(r.token_path), "accuracy": r.accuracy}
+                for r in self.rows
+            ],
+        }
+
+
+def _select(names: Sequence[str] | None) -> list[DemoClass]:
+    if not names:
+        return list(DEMO_CLASSES)
+    known = {c.label: c for c in DEMO_CLASSES}
+    for n in names:
+        if n not in known:
+            raise DCTError(f"the demo has no class {n!r}; choose from: {', '.join(known)}.")
+    return [known[n] for n in names]
 
 
 def run_demo(
     out_dir: str | Path = "dct-demo",
     *,
-    steps: int = 30,
+    classes: Sequence[str] | None = None,
+    steps: int = DEMO_STEPS,
+    backprop_depth: int = DEMO_DEPTH,
+    num_images: int = 64,
     seed: int = 0,
     overwrite: bool = True,
+    json_path: str | Path | None = None,
+    world_dir: str | Path | None = None,
+    on_class: Callable[[DemoClass], None] | None = None,
     on_step: Callable[[StepRecord, torch.Tensor], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
 ) -> DemoReport:
     out = Path(out_dir)
-    backend = DiffusersBackend(tiny_pipeline("sd1", seed=seed))
-    sampling = SamplingConfig(resolution=TINY_RESOLUTION, steps=4, guidance=7.0)
-    calib_prompts = [f"a photo of a {label.split(',')[0]}" for label in TINY_LABELS] * 2
-    calibration = generate_images(backend, calib_prompts, range(1000, 1000 + len(calib_prompts)), sampling)
-    classifier = tiny_classifier(calibration, seed=seed)
-    target = classifier.class_index(DEMO_CLASS)
-    # Random weights need the full trajectory (K = S) and a large step size to move; see tests/README.
-    config = TrainConfig(
-        batch_size=4, lr=0.1, max_steps=steps, backprop_depth=sampling.steps, sampling=sampling,
-        seed=seed, accuracy_threshold=1.0, patience=steps,
-    )
-    from .training import train_class_token
+    backend = load_world_backend(folder=world_dir)
+    guide, held_out = (load_world_classifier(role, world_dir) for role in ("guide", "held-out"))
+    judges = {guide.name: guide, held_out.name: held_out}
+    config = demo_config(steps, backprop_depth, seed)
+    config.validate()
+    seeds = list(range(EVAL_FIRST_SEED, EVAL_FIRST_SEED + num_images))
+    report = DemoReport([], {"guiding": guide.name, "held_out": held_out.name}, config, num_images)
+    grid_rows = []
+    for target in _select(classes):
+        if on_class is not None:
+            on_class(target)
+        cfg = TrainConfig(**{**config.__dict__, "init_word": target.word})
+        started = time.perf_counter()
+        result = train_class_token(
+            backend, guide, guide.class_index(target.label), target.word, cfg,
+            name=target.label.split(",")[0].replace(" ", "-") + "-token", on_step=on_step,
+            should_cancel=should_cancel,
+            metadata={"class_label": target.label, "classifier": guide.name, "base_model": "dct demo world",
+                      "templates": "|".join(cfg.templates)},
+        )
+        seconds = time.perf_counter() - started
+        path = save_class_token(result.token, out / f"{result.token.name}.safetensors", overwrite=overwrite)
+        vectors = result.token.for_encoders(backend.encoders)
+        accuracy, images = compare_with_token(
+            backend, judges, target.label, target.word, cfg.templates, vectors, seeds, SAMPLING, chunk=32,
+            should_cancel=should_cancel,
+        )
+        report.rows.append(DemoRow(target, accuracy, len(result.history), seconds, result.stopped, path))
+        grid_rows += [images[WITHOUT][:8], images[WITH][:8]]
+    report.grid_path = save_image(make_grid(grid_rows, min_cell=64), out / "before-after.png")
+    if json_path is not None:
+        report.json_path = atomic_write(json_path, json.dumps(report.to_json(), indent=2).encode())
+    return report
 
-    result = train_class_token(
-        backend, classifier, target, DEMO_CLASS, config, name="tiger-cat-demo",
-        on_step=on_step, should_cancel=should_cancel,
-        metadata={"class_index": str(target), "class_label": DEMO_CLASS, "classifier": classifier.name,
-                  "base_model": "dct tiny random sd1", "templates": "|".join(config.templates)},
-    )
-    token_path = save_class_token(result.token, out / "tiger-cat-demo.safetensors", overwrite=overwrite)
 
-    vectors = {k: v.to(backend.device) for k, v in result.token.for_encoders(backend.encoders).items()}
-    table, rows = {}, []
-    for name, first in (("train seeds", seed), ("fresh seeds", seed + 10_000)):
-        prompts = prompts_for_batch(config.templates, DEMO_CLASS, 8 if name == "fresh seeds" else 4)
-        seeds = list(range(first, first + len(prompts)))
-        before = generate_images(backend, [strip_token(p) for p in prompts], seeds, sampling)
-        after = generate_images(backend, prompts, seeds, sampling, vectors)
-        with torch.no_grad():
-            table[name] = {
-                "before": topk_accuracy(classifier(before), target)[1],
-                "after": topk_accuracy(classifier(after), target)[1],
-            }
-        rows += [before, after]
-    grid_path = save_image(make_grid(rows), out / "before-after.png")
-    return DemoReport(result, token_path, grid_path, table)
+def format_table(report: DemoReport) -> str:
+    """The Table-1-like text table: one line per class and classifier."""
+    lines = [
+        f"{report.num_images} fresh seeds per class, same seeds and prompts with and without the token; "
+        f"tokens trained with {report.classifiers['guiding']} (K = {report.config.backprop_depth})",
+        f"{'class':<22}{'kind':<16}{'judged by':<17}{'top-1 without':>14}{'with':>8}{'gain':>8}"
+        f"{'top-5 without':>15}{'with':>8}",
+    ]
+    for row in report.rows:
+        for role, name in report.classifiers.items():
+            r = row.accuracy[name]
+            b1, a1 = 100 * r[WITHOUT]["top1"], 100 * r[WITH]["top1"]
+            b5, a5 = 100 * r[WITHOUT]["top5"], 100 * r[WITH]["top5"]
+            judge = f"{name}" + (" (guide)" if role == "guiding" else "")
+            lines.append(f"{row.target.label:<22}{row.target.kind:<16}{judge:<17}{b1:>13.1f}%{a1:>7.1f}%"
+                         f"{a1 - b1:>+7.1f}{b5:>14.1f}%{a5:>7.1f}%")
+    return "\n".join(lines)

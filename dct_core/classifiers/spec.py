@@ -4,6 +4,7 @@ Forms (each may end in ``#key=value,...`` options: pooling=mean, multi_label=tru
 - ``timm:<architecture>`` with weights from ``--classifier-weights`` or inline ``timm:<architecture>@<file>``
 - a folder: timm's hub layout (config.json with ``architecture``) or transformers (config.json with id2label)
 - a TorchScript file (with ``--labels`` or a ``<file>.json`` sidecar)
+- ``world:guide`` / ``world:held-out``: the built-in demo world's two classifiers
 - ``clip:<folder>``: zero-shot CLIP over the labels (default: ImageNet names); open_clip weights as
   ``clip:<file>#arch=<open_clip architecture>``
 Several specs make an ensemble (log-probabilities averaged).
@@ -61,6 +62,10 @@ def load_classifier(
         from .timm_source import load_timm_classifier
 
         classifier = load_timm_classifier(name, inline or weights, labels, multi_label=bool(multi_label))
+    elif sep and kind == "world" and rest:
+        from ..world import load_world_classifier
+
+        classifier = load_world_classifier(rest)
     elif sep and kind == "clip" and rest:
         from .clip_source import DEFAULT_TEMPLATE, load_clip_classifier
 

@@ -1,0 +1,62 @@
+"""Backprop depth K on the demo world: the same demo (classes, training seeds, fresh evaluation seeds) at each K.
+
+Prints a Markdown table of top-1 accuracy without / with the token under the guiding and the held-out
+classifier, and seconds per training step; writes bench/results/demo_depth.json. Usage:
+
+    python bench/demo_depth.py                 # K = 1 and K = 3, both demo classes (about 5 min on 2 CPU cores)
+    python bench/demo_depth.py --depths 1,2,3,5 --steps 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main() -> int:
+    import torch
+
+    from dct_core.config import DEMO_STEPS
+    from dct_core.demo import run_demo
+    from dct_core.evaluation import WITH, WITHOUT
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--depths", default="1,3")
+    p.add_argument("--steps", type=int, default=DEMO_STEPS)
+    p.add_argument("--num-images", type=int, default=64)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = []
+    for k in [int(x) for x in args.depths.split(",")]:
+        seconds = []
+        with tempfile.TemporaryDirectory() as tmp:
+            report = run_demo(tmp, steps=args.steps, backprop_depth=k, num_images=args.num_images,
+                              on_step=lambda record, _: seconds.append(record.seconds))
+        for row in report.rows:
+            entry = {"K": k, "class": row.target.label, "steps": row.train_steps,
+                     "s_per_step": sum(seconds) / max(1, len(seconds))}
+            for role, name in report.classifiers.items():
+                acc = row.accuracy[name]
+                entry[role] = {"without": acc[WITHOUT]["top1"], "with": acc[WITH]["top1"]}
+            rows.append(entry)
+    print(f"| K | class | steps | s/step | guide top-1 without -> with | held-out top-1 without -> with | "
+          f"held-out gain |\n|---|---|---|---|---|---|---|")
+    for r in rows:
+        g, h = r["guiding"], r["held_out"]
+        print(f"| {r['K']} | {r['class']} | {r['steps']} | {r['s_per_step']:.2f} | {100 * g['without']:.1f}% -> "
+              f"{100 * g['with']:.1f}% | {100 * h['without']:.1f}% -> {100 * h['with']:.1f}% | "
+              f"{100 * (h['with'] - h['without']):+.1f} |")
+    out = Path(__file__).parent / "results" / "demo_depth.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
