@@ -34,19 +34,17 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     rows = []
     for k in [int(x) for x in args.depths.split(",")]:
-        seconds = []
         with tempfile.TemporaryDirectory() as tmp:
-            report = run_demo(tmp, steps=args.steps, backprop_depth=k, num_images=args.num_images,
-                              on_step=lambda record, _: seconds.append(record.seconds))
+            report = run_demo(tmp, steps=args.steps, backprop_depth=k, num_images=args.num_images)
         for row in report.rows:
             entry = {"K": k, "class": row.target.label, "steps": row.train_steps,
-                     "s_per_step": sum(seconds) / max(1, len(seconds))}
+                     "s_per_step": row.train_seconds / max(1, row.train_steps)}
             for role, name in report.classifiers.items():
                 acc = row.accuracy[name]
                 entry[role] = {"without": acc[WITHOUT]["top1"], "with": acc[WITH]["top1"]}
             rows.append(entry)
-    print(f"| K | class | steps | s/step | guide top-1 without -> with | held-out top-1 without -> with | "
-          f"held-out gain |\n|---|---|---|---|---|---|---|")
+    print("| K | class | steps | s/step | guide top-1 without -> with | held-out top-1 without -> with | "
+          "held-out gain |\n|---|---|---|---|---|---|---|")
     for r in rows:
         g, h = r["guiding"], r["held_out"]
         print(f"| {r['K']} | {r['class']} | {r['steps']} | {r['s_per_step']:.2f} | {100 * g['without']:.1f}% -> "

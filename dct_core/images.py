@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+
+from .files import atomic_write
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:
@@ -33,14 +35,8 @@ def make_grid(rows: Sequence[torch.Tensor], min_cell: int = 128, pad: int = 2) -
 
 
 def save_image(image: Image.Image, path: str | os.PathLike) -> Path:
+    """Write atomically, in the format the suffix names (PNG when unknown)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        image.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    buffer = io.BytesIO()
+    image.save(buffer, format=Image.registered_extensions().get(path.suffix.lower(), "PNG"))
+    return atomic_write(path, buffer.getvalue())

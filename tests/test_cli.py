@@ -83,7 +83,27 @@ def test_user_mistakes_are_one_line_errors_without_traceback(files, capsys):
 
 
 def test_demo_runs_and_reports(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path), "--steps", "3"]) == 0
+    table = tmp_path / "table.json"
+    argv = ["demo", "--out", str(tmp_path), "--steps", "2", "--num-images", "4", "--class", "kite, bird of prey",
+            "--json", str(table)]
+    assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "train seeds" in out and "fresh seeds" in out
-    assert (tmp_path / "tiger-cat-demo.safetensors").is_file() and (tmp_path / "before-after.png").is_file()
+    assert "world:guide (guide)" in out and "world:held-out" in out and "top-1 without" in out
+    data = json.loads(table.read_text())
+    assert data["classifiers"] == {"guiding": "world:guide", "held_out": "world:held-out"}
+    (row,) = data["classes"]
+    assert row["label"] == "kite, bird of prey" and row["prompt_word"] == "kite" and row["train_steps"] == 2
+    for name in ("world:guide", "world:held-out"):
+        assert set(row["accuracy"][name]) == {"without token", "with token"}
+    assert (tmp_path / "kite-token.safetensors").is_file() and (tmp_path / "before-after.png").is_file()
+    assert main(["demo", "--out", str(tmp_path), "--class", "tiger cat"]) == 2
+    assert "no class 'tiger cat'" in capsys.readouterr().err
+
+
+def test_eval_on_the_demo_world(capsys):
+    argv = ["eval", "--model", "world", "--classifier", "world:held-out", "--class", "kite, bird of prey",
+            "--prompt-label", "kite", "--template", "a photo of a {token} {label}", "--num-images", "4", "--json"]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["prompt_label"] == "kite" and report["num_images"] == 4
+    assert 0 <= report["results"]["without token"]["top1"] <= report["results"]["without token"]["top5"] <= 1

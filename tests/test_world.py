@@ -1,0 +1,97 @@
+"""The demo world: procedural scenes, the space-to-depth autoencoder, the committed weights, the recorded
+numbers they must reproduce, and a reduced demo as a guard of the method's efficacy."""
+
+import json
+
+import pytest
+import torch
+
+from dct_core.demo import DEMO_CLASSES, run_demo
+from dct_core.evaluation import WITH, WITHOUT
+from dct_core.world import WEIGHTS_DIR, load_world_backend, load_world_classifier
+from dct_core.world.classifier_training import accuracy
+from dct_core.world.model import SpaceToDepthAutoencoder
+from dct_core.world.scenes import AMBIGUOUS, CLASSES, FINE_DETAIL, LABELS, sample_scenes
+from dct_core.world.train import record_baseline
+
+RECORD = json.loads((WEIGHTS_DIR / "training.json").read_text())
+
+
+def test_scenes_are_reproducible_and_captions_coarse():
+    a, b = (sample_scenes(64, torch.Generator().manual_seed(3)) for _ in range(2))
+    assert torch.equal(a.images, b.images) and a.captions == b.captions
+    assert a.images.shape == (64, 3, 32, 32) and 0 <= a.images.min() and a.images.max() <= 1
+    coarse = sample_scenes(200, torch.Generator().manual_seed(4), fine_rate=0.0)
+    for label, text in zip(coarse.labels.tolist(), coarse.captions):
+        assert text.split()[-1] == CLASSES[label].noun  # the coarse word only
+        assert "throat" not in text and "toy" not in text
+    nouns = {c.label: c.noun for c in CLASSES}
+    assert nouns[AMBIGUOUS[0]] == nouns[AMBIGUOUS[1]] and nouns[FINE_DETAIL[0]] == nouns[FINE_DETAIL[1]]
+
+
+def test_fine_detail_classes_differ_only_in_the_throat():
+    g1, g2 = (torch.Generator().manual_seed(7) for _ in range(2))
+    from dct_core.world.scenes import render
+
+    red, _ = render(torch.full((8,), LABELS.index(FINE_DETAIL[0])), g1)
+    yellow, _ = render(torch.full((8,), LABELS.index(FINE_DETAIL[1])), g2)
+    differs = (red - yellow).abs().amax(1) > 0.05  # [8, 32, 32]
+    assert differs.any()
+    assert differs.float().mean() < 0.03  # a small patch: under 3% of the pixels
+
+
+def test_space_to_depth_autoencoder_is_lossless_and_differentiable():
+    vae = SpaceToDepthAutoencoder()
+    images = torch.rand(2, 3, 32, 32, requires_grad=True)
+    latents = vae.encode_latents(images)
+    assert latents.shape == (2, 12, 16, 16)
+    out = vae.decode(latents).sample
+    assert torch.equal(out, images)
+    out.sum().backward()
+    assert torch.equal(images.grad, torch.ones_like(images))
+
+
+def test_committed_weights_are_small_and_load():
+    total = sum(p.stat().st_size for p in WEIGHTS_DIR.rglob("*") if p.is_file())
+    assert total <= 20 * 2**20, f"demo world weights are {total / 2**20:.1f} MB"
+    backend = load_world_backend()
+    assert backend.latent_scale == 2 and backend.encoders == {"clip_l": 64}
+    assert backend.pipe.scheduler.config.clip_sample  # pixels as latents: x0 stays in range
+    for role in ("guide", "held-out"):
+        classifier = load_world_classifier(role)
+        assert classifier.labels == LABELS and classifier.name == f"world:{role}"
+
+
+def test_classifiers_reproduce_recorded_accuracy():
+    seed = RECORD["seed"] + 1
+    test = sample_scenes(2000, torch.Generator().manual_seed(10_000 + seed))
+    for role, recorded in RECORD["classifiers"].items():
+        model = load_world_classifier(role).module
+        assert accuracy(model, test.images, test.labels) == pytest.approx(recorded["accuracy_clean"], abs=0.003)
+        assert recorded["accuracy_clean"] > 0.97
+
+
+def test_committed_world_reproduces_recorded_baseline():
+    """The no-token accuracy of the demo classes on the demo's first fresh seeds, as recorded at training time
+    (one image of slack per class for float differences between machines)."""
+    recorded = RECORD["baseline"]
+    now = record_baseline(WEIGHTS_DIR, recorded["num_images"])
+    slack = 1 / recorded["num_images"] + 1e-6
+    for label, per_classifier in recorded["classes"].items():
+        for name, acc in per_classifier.items():
+            assert now["classes"][label][name]["top1"] == pytest.approx(acc["top1"], abs=slack), (label, name)
+
+
+def test_class_token_raises_held_out_accuracy(tmp_path):
+    """A reduced `dct demo` (the ambiguous class, fewer steps and images): the token must raise the held-out
+    classifier's top-1 well above the baseline on fresh seeds. The full demo's gain is recorded in the README."""
+    target = DEMO_CLASSES[0]
+    report = run_demo(tmp_path, classes=[target.label], steps=12, num_images=32, json_path=tmp_path / "t.json")
+    row = report.rows[0]
+    held_out = row.accuracy["world:held-out"]
+    gain = held_out[WITH]["top1"] - held_out[WITHOUT]["top1"]
+    assert gain >= 0.15, f"held-out top-1 {held_out[WITHOUT]['top1']:.2f} -> {held_out[WITH]['top1']:.2f}"
+    data = json.loads((tmp_path / "t.json").read_text())
+    assert data["classifiers"] == {"guiding": "world:guide", "held_out": "world:held-out"}
+    assert set(data["classes"][0]["accuracy"]) == {"world:guide", "world:held-out"}
+    assert (tmp_path / "before-after.png").is_file() and row.token_path.is_file()
