@@ -90,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--num-vectors", type=int, default=1, help="vectors in the token (default 1)")
     t.add_argument("--template", action="append", dest="templates",
                    help="prompt template with {token} and {label}; repeat for several (default: the paper's two)")
+    t.add_argument("--fresh-seeds", action="store_true",
+                   help="new seeds every step instead of the same batch of seeds (default: same, as the paper)")
     t.add_argument("--backprop-depth", type=int, default=1, help="sampling steps with gradient, K (default 1)")
     t.add_argument("--no-checkpointing", dest="checkpointing", action="store_false",
                    help="keep all activations (faster, much more memory); default: block-level gradient "
@@ -248,7 +250,8 @@ def cmd_train(args) -> int:
         raise DCTError(f"{out} already exists; pass --overwrite to replace it or choose another --out.")
     config = TrainConfig(
         templates=tuple(args.templates or PAPER_TEMPLATES), init_word=args.init_word, num_vectors=args.num_vectors,
-        batch_size=args.batch_size, micro_batch=args.micro_batch, seed=args.seed, lr=args.lr,
+        batch_size=args.batch_size, micro_batch=args.micro_batch, seed=args.seed, fresh_seeds=args.fresh_seeds,
+        lr=args.lr,
         weight_decay=args.weight_decay, max_steps=args.steps, accuracy_threshold=args.accuracy_threshold,
         patience=args.patience, backprop_depth=args.backprop_depth, sampling=_sampling(args),
         checkpointing=args.checkpointing,

@@ -48,6 +48,7 @@ class TrainConfig:
     batch_size: int = 5  # images per step, one seed each (paper: 5)
     micro_batch: int | None = None  # images per forward/backward (gradient accumulation); None = all at once
     seed: int = 0  # seeds are seed, seed+1, ... and stay the same every step (as the reference code)
+    fresh_seeds: bool = False  # or new seeds each step (seed + step * batch_size + i): fits no particular images
     lr: float = 1.25e-3  # reference: 2.5e-4 scaled by its 5 accumulation steps
     weight_decay: float = 1e-2  # AdamW decay, on v_c only
     max_grad_norm: float = 1.0  # clipping after backward, before the step

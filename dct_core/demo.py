@@ -21,7 +21,7 @@ from .errors import DCTError
 from .evaluation import WITH, WITHOUT, compare_with_token
 from .files import atomic_write
 from .images import make_grid, save_image
-from .tokens import save_class_token
+from .tokens import sanitize_name, save_class_token
 from .training import StepRecord, train_class_token
 from .world import SAMPLING, load_world_backend, load_world_classifier
 
@@ -129,7 +129,7 @@ def run_demo(
         started = time.perf_counter()
         result = train_class_token(
             backend, guide, guide.class_index(target.label), target.word, cfg,
-            name=target.label.split(",")[0].replace(" ", "-") + "-token", on_step=on_step,
+            name=sanitize_name(target.label), on_step=on_step,
             should_cancel=should_cancel,
             metadata={"class_label": target.label, "classifier": guide.name, "base_model": "dct demo world",
                       "templates": "|".join(cfg.templates)},
@@ -154,7 +154,7 @@ def format_table(report: DemoReport) -> str:
     lines = [
         f"{report.num_images} fresh seeds per class, same seeds and prompts with and without the token; "
         f"tokens trained with {report.classifiers['guiding']} (K = {report.config.backprop_depth})",
-        f"{'class':<22}{'kind':<16}{'judged by':<17}{'top-1 without':>14}{'with':>8}{'gain':>8}"
+        f"{'class':<22}{'kind':<16}{'judged by':<21}{'top-1 without':>14}{'with':>8}{'gain':>8}"
         f"{'top-5 without':>15}{'with':>8}",
     ]
     for row in report.rows:
@@ -163,6 +163,6 @@ def format_table(report: DemoReport) -> str:
             b1, a1 = 100 * r[WITHOUT]["top1"], 100 * r[WITH]["top1"]
             b5, a5 = 100 * r[WITHOUT]["top5"], 100 * r[WITH]["top5"]
             judge = f"{name}" + (" (guide)" if role == "guiding" else "")
-            lines.append(f"{row.target.label:<22}{row.target.kind:<16}{judge:<17}{b1:>13.1f}%{a1:>7.1f}%"
+            lines.append(f"{row.target.label:<22}{row.target.kind:<16}{judge:<21}{b1:>13.1f}%{a1:>7.1f}%"
                          f"{a1 - b1:>+7.1f}{b5:>14.1f}%{a5:>7.1f}%")
     return "\n".join(lines)

@@ -1,7 +1,7 @@
 """A tiny random-weight world built in-process: an SD-family pipeline and a timm classifier.
 
-Used by `dct demo` (until a trained demo world exists) and by the tests. Random weights barely react to
-text, so the builders make the model text-sensitive (a larger final text layer norm) and the classifier's
+Used by the tests, where any weights will do (the trained demo world is in ``world/``). Random weights barely
+react to text, so the builders make the model text-sensitive (a larger final text layer norm) and the classifier's
 logits vary across images (no zero-init residuals, norm statistics calibrated on generated images,
 a scaled head); otherwise no token could change a prediction and a test could pass or fail for no reason.
 """

@@ -95,6 +95,7 @@ def train_class_token(
         negatives = {}
         for step in range(config.max_steps):
             started = time.perf_counter()
+            step_seeds = [s + step * batch for s in seeds] if config.fresh_seeds else seeds
             optimizer.zero_grad(set_to_none=True)
             snapshot = {k: p.detach().clone() for k, p in params.items()}  # the token this batch is made with
             loss_sum, probs, hits, images = 0.0, [], 0, []
@@ -108,7 +109,7 @@ def train_class_token(
                 if n not in negatives:
                     with torch.no_grad():
                         negatives[n] = backend.negative(sampling.negative_prompt, n)
-                traj = backend.start(seeds[lo:hi], sampling)
+                traj = backend.start(step_seeds[lo:hi], sampling)
                 with torch.no_grad():  # gradient skipping: the trajectory up to the last K steps
                     backend.denoise(traj, backend.encode(prompts[lo:hi], params), negatives[n], traj.remaining - depth)
                 cond = backend.encode(prompts[lo:hi], params)

@@ -95,7 +95,7 @@ def test_demo_runs_and_reports(tmp_path, capsys):
     assert row["label"] == "kite, bird of prey" and row["prompt_word"] == "kite" and row["train_steps"] == 2
     for name in ("world:guide", "world:held-out"):
         assert set(row["accuracy"][name]) == {"without token", "with token"}
-    assert (tmp_path / "kite-token.safetensors").is_file() and (tmp_path / "before-after.png").is_file()
+    assert (tmp_path / "kite-bird-of-prey.safetensors").is_file() and (tmp_path / "before-after.png").is_file()
     assert main(["demo", "--out", str(tmp_path), "--class", "tiger cat"]) == 2
     assert "no class 'tiger cat'" in capsys.readouterr().err
 

@@ -156,3 +156,18 @@ def test_half_precision_weights_train_an_fp32_token(sd1_world):
     assert result.token.vectors["clip_l"].dtype == torch.float32
     assert all(r.loss == r.loss and 0 < r.grad_norm < float("inf") for r in result.history)
     assert backend.unet.dtype == torch.bfloat16  # weights untouched in their own dtype
+
+
+def test_fresh_seeds_draw_new_images_each_step(sd1_world):
+    backend, classifier = sd1_world
+
+    def batches(fresh: bool) -> list[torch.Tensor]:
+        seen = []
+        config = TrainConfig(max_steps=2, fresh_seeds=fresh, **{**FAST, "lr": 1e-9})  # the token barely moves
+        train_class_token(backend, classifier, 1, "tiger cat", config, on_step=lambda r, images: seen.append(images))
+        return seen
+
+    same, fresh = batches(False), batches(True)
+    assert torch.allclose(same[0], same[1], atol=1e-4)  # the paper's fixed seeds: the same images
+    assert torch.equal(fresh[0], same[0])  # step 0 uses seed, seed+1, ... either way
+    assert (fresh[1] - fresh[0]).abs().max() > 0.05  # then seeds from seed + step * batch
