@@ -30,12 +30,23 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=DEMO_STEPS)
     p.add_argument("--num-images", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--world", help="another world folder (default: the shipped weights)")
+    p.add_argument("--classes", action="append", help="demo class (repeatable; default both)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a demo training setting, e.g. --set lr=0.01 --set fresh_seeds=true")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    overrides = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        overrides[key] = {"true": True, "false": False}.get(value.lower(), None)
+        if overrides[key] is None:
+            overrides[key] = float(value) if "." in value or "e" in value else int(value)
     rows = []
     for k in [int(x) for x in args.depths.split(",")]:
         with tempfile.TemporaryDirectory() as tmp:
-            report = run_demo(tmp, steps=args.steps, backprop_depth=k, num_images=args.num_images)
+            report = run_demo(tmp, steps=args.steps, backprop_depth=k, num_images=args.num_images,
+                              overrides=overrides, world_dir=args.world, classes=args.classes)
         for row in report.rows:
             entry = {"K": k, "class": row.target.label, "steps": row.train_steps,
                      "s_per_step": row.train_seconds / max(1, row.train_steps)}
@@ -52,7 +63,7 @@ def main() -> int:
               f"{100 * (h['with'] - h['without']):+.1f} |")
     out = Path(__file__).parent / "results" / "demo_depth.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(rows, indent=2))
+    out.write_text(json.dumps({"overrides": overrides, "rows": rows}, indent=2))
     return 0
 
 

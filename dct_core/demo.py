@@ -41,11 +41,12 @@ DEMO_TEMPLATES = ("a photo of a {token} {label}", "a {token} {label}")
 EVAL_FIRST_SEED = 100_000  # fresh seeds: far from the training seeds
 
 
-def demo_config(steps: int = DEMO_STEPS, backprop_depth: int = DEMO_DEPTH, seed: int = 0) -> TrainConfig:
-    return TrainConfig(
+def demo_config(steps: int = DEMO_STEPS, backprop_depth: int = DEMO_DEPTH, seed: int = 0, **overrides) -> TrainConfig:
+    settings = dict(
         templates=DEMO_TEMPLATES, batch_size=8, lr=2e-2, max_steps=steps, backprop_depth=backprop_depth,
         accuracy_threshold=1.0, patience=steps, sampling=SAMPLING, seed=seed, checkpointing=False,
     )
+    return TrainConfig(**{**settings, **overrides})
 
 
 @dataclass
@@ -109,6 +110,7 @@ def run_demo(
     overwrite: bool = True,
     json_path: str | Path | None = None,
     world_dir: str | Path | None = None,
+    overrides: dict | None = None,
     on_class: Callable[[DemoClass], None] | None = None,
     on_step: Callable[[StepRecord, torch.Tensor], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
@@ -117,7 +119,7 @@ def run_demo(
     backend = load_world_backend(folder=world_dir)
     guide, held_out = (load_world_classifier(role, world_dir) for role in ("guide", "held-out"))
     judges = {guide.name: guide, held_out.name: held_out}
-    config = demo_config(steps, backprop_depth, seed)
+    config = demo_config(steps, backprop_depth, seed, **(overrides or {}))
     config.validate()
     seeds = list(range(EVAL_FIRST_SEED, EVAL_FIRST_SEED + num_images))
     report = DemoReport([], {"guiding": guide.name, "held_out": held_out.name}, config, num_images)
