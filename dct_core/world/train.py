@@ -42,10 +42,16 @@ def _lr(step: int, total: int, peak: float, warmup: int = 200) -> float:
 
 
 def train_diffusion(out: Path, *, steps: int, batch: int, lr: float, seed: int, ema_decay: float,
-                    p_uncond: float, save_every: int, log=print) -> dict:
-    """Joint UNet + text encoder training with the epsilon objective; returns a summary."""
+                    p_uncond: float, save_every: int, init_from: Path | None = None, log=print) -> dict:
+    """Joint UNet + text encoder training with the epsilon objective; returns a summary. ``init_from``: a
+    folder of earlier weights to continue from (a second stage with its own seed and schedule)."""
     torch.manual_seed(seed)
     unet, text_encoder = build_unet(), build_text_encoder()
+    if init_from is not None:
+        from safetensors.torch import load_file
+
+        for module, name in ((unet, "unet"), (text_encoder, "text_encoder")):
+            module.load_state_dict({k: v.float() for k, v in load_file(init_from / f"{name}.safetensors").items()})
     unet.train(), text_encoder.train()
     vae, scheduler = SpaceToDepthAutoencoder(), build_scheduler()
     from ..model_loading import clip_tokenizer
@@ -93,7 +99,8 @@ def train_diffusion(out: Path, *, steps: int, batch: int, lr: float, seed: int, 
         if (step + 1) % save_every == 0 or step + 1 == steps:
             _save_tensors(ema_unet.state_dict(), out / "unet.safetensors")
             _save_tensors(ema_text.state_dict(), out / "text_encoder.safetensors", torch.float16)
-    return {"steps": steps, "batch": batch, "lr": lr, "ema_decay": ema_decay, "p_uncond": p_uncond,
+    return {"init_from": str(init_from) if init_from else None, "steps": steps, "batch": batch, "lr": lr,
+            "ema_decay": ema_decay, "p_uncond": p_uncond,
             "final_loss": sum(losses[-200:]) / len(losses[-200:]), "minutes": (time.time() - started) / 60}
 
 
@@ -127,6 +134,7 @@ def main(argv=None) -> int:
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--p-uncond", type=float, default=0.1, help="caption dropout for classifier-free guidance")
     p.add_argument("--save-every", type=int, default=500)
+    p.add_argument("--init-from", type=Path, help="continue the diffusion model from the weights in this folder")
     p.add_argument("--classifier-steps", type=int, default=1500)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = p.parse_args(argv)
@@ -137,14 +145,16 @@ def main(argv=None) -> int:
     record_path = out / "training.json"
     record = json.loads(record_path.read_text()) if record_path.is_file() else {}
     record["seed"] = args.seed
+    record["environment"] = {"torch": torch.__version__, "threads": torch.get_num_threads()}
 
     def log(msg: str) -> None:
         print(msg, flush=True, file=sys.stderr)
 
     if args.stage in ("all", "diffusion"):
-        record["diffusion"] = train_diffusion(
+        key = "diffusion_continued" if args.init_from else "diffusion"
+        record[key] = train_diffusion(
             out, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, ema_decay=args.ema_decay,
-            p_uncond=args.p_uncond, save_every=args.save_every, log=log,
+            p_uncond=args.p_uncond, save_every=args.save_every, init_from=args.init_from, log=log,
         )
         atomic_write(record_path, json.dumps(record, indent=2).encode())
     if args.stage in ("all", "classifiers"):
