@@ -34,7 +34,7 @@ class DemoClass:
 
 
 DEMO_CLASSES: tuple[DemoClass, ...] = (
-    DemoClass("kite, bird of prey", "kite", "ambiguous word"),
+    DemoClass("toy kite", "kite", "ambiguous word"),
     DemoClass("red-throated warbler", "bird", "fine detail"),
 )
 DEMO_TEMPLATES = ("a photo of a {token} {label}", "a {token} {label}")

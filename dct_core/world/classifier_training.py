@@ -2,7 +2,8 @@
 
 The classifiers judge images the diffusion model draws, which are blurrier, noisier and less clean than the
 renderer's. A trial's classifiers, trained on clean images only, misread the model's grey, checkered
-backgrounds; so training images pass through random degradations of that kind (``degrade``).
+backgrounds; so training images pass through random degradations of that kind (``degrade``), and half of each
+batch are scenes redrawn by the diffusion model itself (``redraw.py``).
 """
 
 from __future__ import annotations
@@ -69,7 +70,10 @@ def accuracy(model, images: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def train_classifier(spec: ClassifierSpec, folder: Path, *, steps: int, seed: int, batch: int = 128,
-                     log=print) -> dict:
+                     redrawn: tuple[torch.Tensor, torch.Tensor] | None = None,
+                     redrawn_test: tuple[torch.Tensor, torch.Tensor] | None = None, log=print) -> dict:
+    """Half of each batch comes from ``redrawn`` (images, labels: scenes redrawn by the diffusion model) when
+    given, the rest are fresh renders; all pass through ``degrade``."""
     torch.manual_seed(seed)
     model = build_classifier(spec)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.05)
@@ -78,9 +82,16 @@ def train_classifier(spec: ClassifierSpec, folder: Path, *, steps: int, seed: in
     started = time.time()
     for step in range(steps):
         model.train()
-        scenes = sample_scenes(batch, g)
-        x = degrade(scenes.images, g)
-        loss = F.cross_entropy(model(_normalize(x)), scenes.labels, label_smoothing=0.05)
+        if redrawn is None:
+            scenes = sample_scenes(batch, g)
+            images, labels = scenes.images, scenes.labels
+        else:
+            scenes = sample_scenes(batch - batch // 2, g)
+            pick = torch.randint(len(redrawn[1]), (batch // 2,), generator=g)
+            images = torch.cat([scenes.images, redrawn[0][pick]])
+            labels = torch.cat([scenes.labels, redrawn[1][pick]])
+        x = degrade(images, g)
+        loss = F.cross_entropy(model(_normalize(x)), labels, label_smoothing=0.05)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -96,6 +107,8 @@ def train_classifier(spec: ClassifierSpec, folder: Path, *, steps: int, seed: in
         "accuracy_clean": accuracy(model, test.images, test.labels),
         "accuracy_degraded": accuracy(model, degrade(test.images, test_g), test.labels),
     }
+    if redrawn_test is not None:
+        summary["accuracy_redrawn"] = accuracy(model, *redrawn_test)
     log(f"{spec.architecture}: {summary}")
     save_timm_folder(model, spec, folder)
     return summary

@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from ..files import atomic_write
 from .classifier_training import train_classifier
 from .classifier_zoo import CLASSIFIERS
-from .model import SpaceToDepthAutoencoder, build_scheduler, build_text_encoder, build_unet
+from .model import SpaceToDepthAutoencoder, build_scheduler, build_text_encoder, build_unet, load_world_pipeline
+from .redraw import redrawn_scenes
 from .scenes import sample_scenes
 
 
@@ -136,6 +137,8 @@ def main(argv=None) -> int:
     p.add_argument("--save-every", type=int, default=500)
     p.add_argument("--init-from", type=Path, help="continue the diffusion model from the weights in this folder")
     p.add_argument("--classifier-steps", type=int, default=1500)
+    p.add_argument("--redrawn", type=int, default=8192,
+                   help="scenes redrawn by the diffusion model for the classifiers (0: renders only)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = p.parse_args(argv)
     if args.threads:
@@ -159,9 +162,17 @@ def main(argv=None) -> int:
         atomic_write(record_path, json.dumps(record, indent=2).encode())
     if args.stage in ("all", "classifiers"):
         record["classifiers"] = {}
+        redrawn = redrawn_test = None
+        if args.redrawn:
+            pipe = load_world_pipeline(out)
+            g = torch.Generator().manual_seed(args.seed + 2)
+            redrawn = redrawn_scenes(pipe, args.redrawn, g, log=log)
+            redrawn_test = redrawn_scenes(pipe, 1024, torch.Generator().manual_seed(20_000 + args.seed))
+            record["redrawn_scenes"] = args.redrawn
         for role, spec in CLASSIFIERS.items():
             record["classifiers"][role] = train_classifier(
-                spec, out / role, steps=args.classifier_steps, seed=args.seed + 1, log=log
+                spec, out / role, steps=args.classifier_steps, seed=args.seed + 1, redrawn=redrawn,
+                redrawn_test=redrawn_test, log=log,
             )
             atomic_write(record_path, json.dumps(record, indent=2).encode())
     if args.stage in ("all", "baseline"):
