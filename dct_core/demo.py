@@ -43,8 +43,8 @@ EVAL_FIRST_SEED = 100_000  # fresh seeds: far from the training seeds
 
 def demo_config(steps: int = DEMO_STEPS, backprop_depth: int = DEMO_DEPTH, seed: int = 0, **overrides) -> TrainConfig:
     settings = dict(
-        templates=DEMO_TEMPLATES, batch_size=8, lr=2e-2, max_steps=steps, backprop_depth=backprop_depth,
-        accuracy_threshold=1.0, patience=steps, sampling=SAMPLING, seed=seed, checkpointing=False,
+        templates=DEMO_TEMPLATES, batch_size=8, lr=5e-2, max_steps=steps, backprop_depth=backprop_depth,
+        fresh_seeds=True, accuracy_threshold=1.0, patience=steps, sampling=SAMPLING, seed=seed, checkpointing=False,
     )
     return TrainConfig(**{**settings, **overrides})
 
