@@ -84,7 +84,7 @@ def test_user_mistakes_are_one_line_errors_without_traceback(files, capsys):
 
 def test_demo_runs_and_reports(tmp_path, capsys):
     table = tmp_path / "table.json"
-    argv = ["demo", "--out", str(tmp_path), "--steps", "2", "--num-images", "4", "--class", "kite, bird of prey",
+    argv = ["demo", "--out", str(tmp_path), "--steps", "2", "--num-images", "4", "--class", "toy kite",
             "--json", str(table)]
     assert main(argv) == 0
     out = capsys.readouterr().out
@@ -92,10 +92,10 @@ def test_demo_runs_and_reports(tmp_path, capsys):
     data = json.loads(table.read_text())
     assert data["classifiers"] == {"guiding": "world:guide", "held_out": "world:held-out"}
     (row,) = data["classes"]
-    assert row["label"] == "kite, bird of prey" and row["prompt_word"] == "kite" and row["train_steps"] == 2
+    assert row["label"] == "toy kite" and row["prompt_word"] == "kite" and 1 <= row["train_steps"] <= 2
     for name in ("world:guide", "world:held-out"):
         assert set(row["accuracy"][name]) == {"without token", "with token"}
-    assert (tmp_path / "kite-bird-of-prey.safetensors").is_file() and (tmp_path / "before-after.png").is_file()
+    assert (tmp_path / "toy-kite.safetensors").is_file() and (tmp_path / "before-after.png").is_file()
     assert main(["demo", "--out", str(tmp_path), "--class", "tiger cat"]) == 2
     assert "no class 'tiger cat'" in capsys.readouterr().err
 

@@ -85,15 +85,16 @@ def test_committed_world_reproduces_recorded_baseline():
             assert now["classes"][label][name]["top1"] == pytest.approx(acc["top1"], abs=slack), (label, name)
 
 
-def test_class_token_raises_held_out_accuracy(tmp_path):
-    """A reduced `dct demo` (the ambiguous class, fewer steps and images): the token must raise the held-out
-    classifier's top-1 well above the baseline on fresh seeds. The full demo's gain is recorded in the README."""
-    target = DEMO_CLASSES[0]
-    report = run_demo(tmp_path, classes=[target.label], steps=12, num_images=32, json_path=tmp_path / "t.json")
+@pytest.mark.parametrize("target", DEMO_CLASSES, ids=lambda c: c.kind)
+def test_class_token_raises_held_out_accuracy(tmp_path, target):
+    """A reduced `dct demo` (8 steps, 32 fresh seeds) guards the method's efficacy: the token must raise the
+    held-out classifier's top-1 by at least 20 points (measured: +41 for the toy kite, +34 for the warbler; the full
+    demo's +50 / +45 are in the README). Below that the method, the world or a default has broken."""
+    report = run_demo(tmp_path, classes=[target.label], steps=8, num_images=32, json_path=tmp_path / "t.json")
     row = report.rows[0]
     held_out = row.accuracy["world:held-out"]
     gain = held_out[WITH]["top1"] - held_out[WITHOUT]["top1"]
-    assert gain >= 0.15, f"held-out top-1 {held_out[WITHOUT]['top1']:.2f} -> {held_out[WITH]['top1']:.2f}"
+    assert gain >= 0.20, f"held-out top-1 {held_out[WITHOUT]['top1']:.2f} -> {held_out[WITH]['top1']:.2f}"
     data = json.loads((tmp_path / "t.json").read_text())
     assert data["classifiers"] == {"guiding": "world:guide", "held_out": "world:held-out"}
     assert set(data["classes"][0]["accuracy"]) == {"world:guide", "world:held-out"}

@@ -167,7 +167,8 @@ def main(argv=None) -> int:
             pipe = load_world_pipeline(out)
             g = torch.Generator().manual_seed(args.seed + 2)
             redrawn = redrawn_scenes(pipe, args.redrawn, g, log=log)
-            redrawn_test = redrawn_scenes(pipe, 1024, torch.Generator().manual_seed(20_000 + args.seed))
+            test_size = min(1024, max(64, args.redrawn // 8))
+            redrawn_test = redrawn_scenes(pipe, test_size, torch.Generator().manual_seed(20_000 + args.seed))
             record["redrawn_scenes"] = args.redrawn
         for role, spec in CLASSIFIERS.items():
             record["classifiers"][role] = train_classifier(
