@@ -417,12 +417,17 @@ def cmd_demo(args) -> int:
             num_images=args.num_images, seed=args.seed, json_path=args.json_path, on_class=on_class,
             on_step=on_step, should_cancel=cancel,
         )
-    print(format_table(report))
-    written = [str(r.token_path) for r in report.rows] + [str(report.grid_path)]
-    if report.json_path:
-        written.append(str(report.json_path))
-    print(f"wrote {', '.join(written)}")
-    print("grid rows: per class, 8 fresh seeds without the token, then the same seeds with it")
+    if report.rows:
+        print(format_table(report))
+    written = [str(p) for p in report.token_paths]
+    written += [str(p) for p in (report.grid_path, report.json_path) if p is not None]
+    if written:
+        print(f"wrote {', '.join(written)}")
+    if report.grid_path is not None:
+        print("grid rows: per class, 8 fresh seeds without the token, then the same seeds with it")
+    if report.cancelled:
+        print("dct demo: cancelled; the table holds only the classes finished before that", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -67,7 +67,8 @@ class DemoReport:
     num_images: int
     grid_path: Path | None = None
     json_path: Path | None = None
-    extra: dict = field(default_factory=dict)
+    token_paths: list[Path] = field(default_factory=list)
+    cancelled: bool = False
 
     def to_json(self) -> dict:
         return {
@@ -78,6 +79,7 @@ class DemoReport:
             "batch_size": self.config.batch_size,
             "sampling": {"steps": self.config.sampling.steps, "guidance": self.config.sampling.guidance},
             "num_images": self.num_images,
+            "cancelled": self.cancelled,
             "first_seed": EVAL_FIRST_SEED,
             "templates": list(self.config.templates),
             "classes": [
@@ -137,15 +139,26 @@ def run_demo(
                       "templates": "|".join(cfg.templates)},
         )
         seconds = time.perf_counter() - started
-        path = save_class_token(result.token, out / f"{result.token.name}.safetensors", overwrite=overwrite)
+        if result.history:  # the best token so far is kept, also when cancelled
+            report.token_paths.append(
+                save_class_token(result.token, out / f"{result.token.name}.safetensors", overwrite=overwrite)
+            )
+        if result.stopped == "cancelled" or (should_cancel is not None and should_cancel()):
+            report.cancelled = True
+            break
         vectors = result.token.for_encoders(backend.encoders)
         accuracy, images = compare_with_token(
             backend, judges, target.label, target.word, cfg.templates, vectors, seeds, SAMPLING, chunk=32,
             should_cancel=should_cancel,
         )
-        report.rows.append(DemoRow(target, accuracy, len(result.history), seconds, result.stopped, path))
+        if should_cancel is not None and should_cancel():  # the evaluation is incomplete: no numbers from it
+            report.cancelled = True
+            break
+        report.rows.append(DemoRow(target, accuracy, len(result.history), seconds, result.stopped,
+                                   report.token_paths[-1]))
         grid_rows += [images[WITHOUT][:8], images[WITH][:8]]
-    report.grid_path = save_image(make_grid(grid_rows, min_cell=64), out / "before-after.png")
+    if grid_rows:
+        report.grid_path = save_image(make_grid(grid_rows, min_cell=64), out / "before-after.png")
     if json_path is not None:
         report.json_path = atomic_write(json_path, json.dumps(report.to_json(), indent=2).encode())
     return report

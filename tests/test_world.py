@@ -125,3 +125,12 @@ def test_training_script_builds_a_loadable_world(tmp_path):
     backend = load_world_backend(folder=tmp_path)
     assert backend.unet.config.in_channels == 12
     assert load_world_classifier("held-out", tmp_path).labels == LABELS
+
+
+def test_demo_cancel_keeps_the_best_token_and_reports_nothing_half_done(tmp_path):
+    seen = []
+    report = run_demo(tmp_path, steps=5, num_images=4, on_step=lambda record, images: seen.append(record),
+                      should_cancel=lambda: len(seen) >= 2)
+    assert report.cancelled and report.rows == [] and report.grid_path is None
+    assert len(seen) == 2 and [p.name for p in report.token_paths] == ["toy-kite.safetensors"]
+    assert report.token_paths[0].is_file() and not (tmp_path / "before-after.png").exists()
