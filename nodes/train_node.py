@@ -72,7 +72,8 @@ class TrainClassToken(io.ComfyNode):
                 io.Float.Input("learning_rate", default=d.lr, min=1e-5, max=1.0, step=1e-5,
                                tooltip="AdamW learning rate on the token only."),
                 io.Int.Input("batch_size", default=d.batch_size, min=1, max=64,
-                             tooltip="Images (seeds) per step; the same seeds every step (paper: 5)."),
+                             tooltip="Images (seeds) per step; the same seeds every step unless fresh_seeds "
+                                     "(paper: 5)."),
                 io.Int.Input("micro_batch", default=0, min=0, max=64,
                              tooltip="Images per forward/backward to save VRAM (0 = the whole batch at once)."),
                 io.Float.Input("cfg", default=d.sampling.guidance, min=0.0, max=30.0, step=0.1,
@@ -103,6 +104,9 @@ class TrainClassToken(io.ComfyNode):
                 io.Boolean.Input("overwrite", default=False, tooltip="Replace an existing token file of that name."),
                 io.Int.Input("preview_every", default=1, min=0, max=1000,
                              tooltip="Show the current batch on the node every N steps (0: never)."),
+                io.Boolean.Input("fresh_seeds", default=False, optional=True,
+                                 tooltip="New seeds every step instead of the same batch (off: the paper's "
+                                         "fixed seeds). The token then fits no particular images."),
             ],
             outputs=[
                 ClassToken.Output("CLASS_TOKEN", display_name="class token"),
@@ -116,7 +120,7 @@ class TrainClassToken(io.ComfyNode):
     def execute(cls, model, clip, vae, classifier, target_class, init_word, templates, steps, learning_rate,
                 batch_size, micro_batch, cfg, sampler_name, scheduler, sampling_steps, resolution, seed,
                 accuracy_threshold, patience, backprop_depth, decoder, save_name, overwrite,
-                preview_every) -> io.NodeOutput:
+                preview_every, fresh_seeds=False) -> io.NodeOutput:
         import comfy.model_management as mm
         import comfy.utils
 
@@ -125,7 +129,8 @@ class TrainClassToken(io.ComfyNode):
             lines = tuple(t.strip() for t in templates.splitlines() if t.strip()) or PAPER_TEMPLATES
             config = TrainConfig(
                 templates=lines, init_word=init_word.strip() or "a", batch_size=batch_size,
-                micro_batch=micro_batch or None, seed=seed, lr=learning_rate, max_steps=steps,
+                micro_batch=micro_batch or None, seed=seed, fresh_seeds=bool(fresh_seeds), lr=learning_rate,
+                max_steps=steps,
                 accuracy_threshold=accuracy_threshold, patience=patience, backprop_depth=backprop_depth,
                 sampling=SamplingConfig(resolution=resolution, steps=sampling_steps, guidance=cfg),
             )

@@ -117,6 +117,28 @@ def test_training_raises_the_target_probability_on_the_training_seeds(host, load
     assert max(r.accuracy for r in records) >= first.accuracy
 
 
+def test_fresh_seeds_reach_the_engine(host, loaded, classifier):
+    from dct_core.training import train_class_token
+
+    train_mod = pytest.importorskip("dct_pack.nodes.train_node")
+    configs = []
+
+    def spy(*args, **kwargs):
+        configs.append(args[4])
+        return train_class_token(*args, **kwargs)
+
+    train_mod.train_class_token = spy
+    try:
+        model, clip, vae = loaded
+        for fresh in (True, None):  # None: a workflow saved before the input existed
+            over = {"fresh_seeds": fresh} if fresh is not None else {}
+            _run(train_mod.TrainClassToken, **_train_inputs(model, clip, vae, classifier, steps=1, save_name="",
+                                                            **over))
+    finally:
+        train_mod.train_class_token = train_class_token
+    assert [c.fresh_seeds for c in configs] == [True, False]
+
+
 def test_the_file_loads_through_embedding_syntax_like_apply_class_token(host, loaded):
     import nodes as host_nodes
 
