@@ -262,7 +262,8 @@ def cmd_train(args) -> int:
     label = args.prompt_label or classifier.class_name(target)
     name = sanitize_name(out.stem)
     meta = {
-        "class_index": str(target), "class_label": label, "classifier": " + ".join(args.classifiers),
+        "class_index": str(target), "class_label": classifier.class_name(target), "prompt_label": label,
+        "classifier": " + ".join(args.classifiers),
         "target": "off" if args.target_off else "on",
         "base_model": Path(args.model).name, "templates": json.dumps(list(config.templates)),
         "trigger": name, "init_word": config.init_word, "lr": str(config.lr), "batch_size": str(config.batch_size),
@@ -352,14 +353,13 @@ def cmd_eval(args) -> int:
     token = load_class_token(args.token) if args.token else None
     backend = _backend(args)
     classifier.to(backend.device)
-    label = classifier.labels[target]
     prompt_label = args.prompt_label or classifier.class_name(target)
     seeds = list(range(args.seed, args.seed + args.num_images))
     vectors = None
     if token is not None:
         vectors = {k: v.to(backend.device) for k, v in token.for_encoders(backend.encoders).items()}
     name = " + ".join(args.classifiers)
-    results, _ = compare_with_token(backend, {name: classifier}, label, prompt_label, templates, vectors, seeds,
+    results, _ = compare_with_token(backend, {name: classifier}, target, prompt_label, templates, vectors, seeds,
                                     sampling, target_on=not args.target_off)
     report = {"class_index": target, "class_label": classifier.class_name(target), "prompt_label": prompt_label,
               "classifier": name, "target": "off" if args.target_off else "on", "num_images": args.num_images,

@@ -30,7 +30,7 @@ def score(classifier: Classifier, images: torch.Tensor, target: int, target_on: 
 def compare_with_token(
     backend: Backend,
     classifiers: Mapping[str, Classifier],
-    target_label: str,
+    target: str | int,
     prompt_label: str,
     templates: Sequence[str],
     vectors: dict[str, torch.Tensor] | None,
@@ -42,6 +42,7 @@ def compare_with_token(
     should_cancel: Callable[[], bool] | None = None,
 ) -> tuple[dict[str, dict[str, dict]], dict[str, torch.Tensor]]:
     """Accuracy per classifier name and condition, and the images per condition ([N, 3, H, W] in [0, 1]).
+    ``target`` is a class name (resolved in each classifier) or an index.
 
     Image i uses template i mod len(templates) and seed i in both conditions; without the token the marker is
     simply removed from the prompt. ``chunk`` images are generated at once (small models: raise it)."""
@@ -55,6 +56,6 @@ def compare_with_token(
         images[condition] = generate_images(backend, ps, seeds, sampling, vecs, chunk=chunk,
                                             should_cancel=should_cancel)
         for name, classifier in classifiers.items():
-            target = classifier.class_index(target_label)
-            results[name][condition] = score(classifier, images[condition], target, target_on)
+            index = classifier.class_index(target)
+            results[name][condition] = score(classifier, images[condition], index, target_on)
     return results, images
