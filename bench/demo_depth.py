@@ -21,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def main() -> int:
     import torch
 
-    from dct_core.config import DEMO_STEPS
     from dct_core.demo import run_demo
     from dct_core.evaluation import WITH, WITHOUT
+    from dct_core.world.facts import DEMO_STEPS
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--depths", default="1,3")

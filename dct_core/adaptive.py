@@ -3,7 +3,8 @@
 At chosen sampling steps the conditional text embedding e is moved by a normalized gradient step that raises a
 score of the decoded x0 prediction, ``e <- e - rho * g / ||g||`` with g the gradient of minus the score (plus
 an optional L2 pull toward the original), then sampling goes on with the updated e. No training; it works
-on a plain prompt or refines a trained class token.
+on a plain prompt or refines a trained class token. ``date_update`` is the one definition of the step: the
+engine and the ComfyUI node (nodes/adaptive_node.py) both call it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .backend import Backend
+from .backend import Backend, Conditioning, Trajectory, Vectors
 from .classifiers import Classifier
 from .config import SamplingConfig
 from .errors import DCTError
@@ -62,35 +63,52 @@ def class_score(classifier: Classifier, target: int, kind: str = "log_prob") -> 
     return score
 
 
-def _step(value: torch.Tensor, grad: torch.Tensor, rho: float) -> torch.Tensor:
-    """value - rho * grad / ||grad||, the norm taken per image."""
-    norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (grad.dim() - 1)))
-    return (value - rho * grad / norm).detach()
+def date_update(
+    value: torch.Tensor,
+    grad: torch.Tensor,
+    rho: float,
+    *,
+    original: torch.Tensor | None = None,
+    prior: float = 0.0,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One DATE step on a batch of embeddings [B, ...], the single definition every caller uses.
+
+    ``grad`` is the gradient of minus the score. With a prior the direction also pulls toward ``original``
+    (the gradient of 0.5 * prior * ||value - original||^2 is added); ``mask`` [B, L] keeps only those
+    positions. Returns ``value - rho * g / ||g||`` with the norm taken per image, detached: every image of a
+    batch moves by rho, whatever the others' gradients."""
+    g = grad.detach().float()
+    if prior and original is not None:
+        g = g + prior * (value.detach().float() - original.detach().to(value.device).float())
+    if mask is not None:
+        g = g * mask.to(g.device).unsqueeze(-1).to(g.dtype)
+    norm = g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (g.dim() - 1)))
+    return (value.detach().float() - rho * g / norm).to(value.dtype)
 
 
-def adapt_conditioning(backend: Backend, traj, cond, uncond, original, score_fn, config: AdaptiveConfig):
+def adapt_conditioning(backend: Backend, traj: Trajectory, cond: Conditioning, uncond: Conditioning,
+                       original: Conditioning, score_fn: Callable[[torch.Tensor], torch.Tensor],
+                       config: AdaptiveConfig) -> Conditioning:
     """One DATE update of ``cond`` at the trajectory's current step; ``original`` is the unmodified one."""
     start = original if config.reset else cond
     hidden = start.hidden.detach().clone()
     pooled = None if start.pooled is None else start.pooled.detach().clone()
     move_pooled = config.target == "pooled" and pooled is not None
-    if config.target == "token" and (cond.token_mask is None or not bool(cond.token_mask.any())):
+    mask = cond.token_mask if config.target == "token" else None
+    if config.target == "token" and (mask is None or not bool(mask.any())):
         raise DCTError("target 'token' needs a class token in the prompt ({token}).")
     for _ in range(config.updates_per_step):
         h = hidden.requires_grad_(True)
-        p = pooled.requires_grad_(True) if move_pooled else pooled
+        p = pooled.requires_grad_(True) if move_pooled and pooled is not None else pooled
         with torch.enable_grad():
             x0 = backend.predict_x0(traj, cond._replace(hidden=h, pooled=p), uncond)
             objective = -score_fn(backend.decode(x0, checkpoint=True)).sum()
-            if config.prior:
-                objective = objective + 0.5 * config.prior * (h - original.hidden).square().sum()
-            grads = torch.autograd.grad(objective, [h, p] if move_pooled else [h])
-        g = grads[0]
-        if config.target == "token":
-            g = g * cond.token_mask.unsqueeze(-1).to(g.dtype)
-        hidden = _step(h, g, config.rho)
-        if move_pooled:
-            pooled = _step(p, grads[1], config.rho)
+            leaves = [h, p] if move_pooled and p is not None else [h]
+            grads = torch.autograd.grad(objective, leaves)
+        hidden = date_update(h, grads[0], config.rho, original=original.hidden, prior=config.prior, mask=mask)
+        if move_pooled and p is not None:
+            pooled = date_update(p, grads[1], config.rho)
     return cond._replace(hidden=hidden, pooled=pooled)
 
 
@@ -101,7 +119,7 @@ def adaptive_generate(
     sampling: SamplingConfig,
     score_fn: Callable[[torch.Tensor], torch.Tensor],
     config: AdaptiveConfig = AdaptiveConfig(),
-    vectors: dict[str, torch.Tensor] | None = None,
+    vectors: Vectors | None = None,
     *,
     on_update: Callable[[int], None] | None = None,
 ) -> torch.Tensor:

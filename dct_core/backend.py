@@ -1,18 +1,27 @@
 """The seam between the training loop and a diffusion host.
 
 A backend owns its model objects (diffusers pipeline here, ComfyUI's MODEL/CLIP/VAE in nodes/). The loop
-owns the token, the optimizer, the prompts and seeds, early stopping and the callbacks.
+owns the token, the optimizer, the prompts and seeds, early stopping and the callbacks. Everything the loop,
+sampling and the adaptive (DATE) update use is in these two protocols; nothing is read through getattr.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import torch
 
 from .config import SamplingConfig
+
+
+class Conditioning(NamedTuple):
+    """A batch of text conditioning, the same shape for every backend."""
+
+    hidden: torch.Tensor  # [B, L, D] (SDXL: both encoders concatenated)
+    pooled: torch.Tensor | None  # SDXL: [B, 1280] from the second encoder; None otherwise
+    token_mask: torch.Tensor | None = None  # [B, L] True at the class-token positions (None: no token)
 
 
 @dataclass
@@ -29,31 +38,47 @@ class Trajectory:
         return self.total_steps - self.done
 
 
+# The learned vectors per text encoder, as the loop hands them to a backend (plain tensors or Parameters).
+Vectors = Mapping[str, torch.Tensor]
+
+
 class Backend(Protocol):
     device: torch.device
+    dtype: torch.dtype  # the models' compute dtype (autocast and gradient scaling follow it)
     encoders: dict[str, int]  # text encoder name ("clip_l", "clip_g", "clip_h") -> embedding width
 
     def modules(self) -> list[torch.nn.Module]:
         """Every host module the loop runs through (frozen for the duration of training)."""
+        ...
 
     def init_vectors(self, word: str, num_vectors: int) -> dict[str, torch.Tensor]:
         """Starting vectors per encoder: the embedding of ``word``."""
+        ...
 
-    def encode(self, prompts: Sequence[str], vectors: dict[str, torch.Tensor] | None) -> Any:
+    def encode(self, prompts: Sequence[str], vectors: Vectors | None) -> Conditioning:
         """Conditioning for ``prompts``; the vectors go where a prompt holds ``{token}``; differentiable."""
+        ...
+
+    def negative(self, prompt: str, batch: int) -> Conditioning:
+        """The unconditional branch of classifier-free guidance for ``batch`` images (no class token)."""
+        ...
 
     def start(self, seeds: Sequence[int], sampling: SamplingConfig) -> Trajectory:
         """Initial noise, one generator per seed (independent of batch composition and device)."""
+        ...
 
     def denoise(
-        self, traj: Trajectory, cond: Any, uncond: Any, num_steps: int, *, checkpoint: bool = False
+        self, traj: Trajectory, cond: Conditioning, uncond: Conditioning, num_steps: int, *, checkpoint: bool = False
     ) -> torch.Tensor:
         """Take ``num_steps`` CFG sampling steps; gradients follow the ambient grad mode. Returns latents
         (after the last step, the model's x0)."""
+        ...
 
-    def predict_x0(self, traj: Trajectory, cond: Any, uncond: Any) -> torch.Tensor:
+    def predict_x0(self, traj: Trajectory, cond: Conditioning, uncond: Conditioning) -> torch.Tensor:
         """The guided model's x0 at the current step, differentiable in ``cond``; the trajectory does not move
         (used by test-time adaptive conditioning)."""
+        ...
 
     def decode(self, latents: torch.Tensor, *, checkpoint: bool = False) -> torch.Tensor:
         """Latents to images [B, 3, H, W] in [0, 1], differentiable; ``checkpoint`` trades time for memory."""
+        ...

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .config import DEMO_DEPTH, DEMO_STEPS, PAPER_TEMPLATES, SamplingConfig, TrainConfig
+from .config import DEFAULT_PRESET, PAPER_TEMPLATES, PRESETS, SamplingConfig, TrainConfig, preset_config
 from .errors import DCTError
 
 
@@ -41,8 +41,8 @@ def _add_generation(p: argparse.ArgumentParser, *, seed: int = 0) -> None:
 
 def _add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True,
-                   help="local diffusers folder, single-file .safetensors checkpoint, or 'world' (the built-in demo "
-                        "world: pair it with --classifier world:guide or world:held-out)")
+                   help="local diffusers folder, single-file .safetensors checkpoint, or a built-in model name: "
+                        "'world' (the demo world: pair it with --classifier world:guide or world:held-out)")
     p.add_argument("--model-kind", choices=["sd1", "sd2", "sd2-v", "sdxl"], help="family of a single-file checkpoint")
 
 
@@ -60,6 +60,9 @@ def _add_classifier(p: argparse.ArgumentParser, *, target: bool = True, many: bo
     c.add_argument("--multi-label", action="store_true", default=None,
                    help="sigmoid outputs (attributes): binary cross-entropy on the target")
     c.add_argument("--clip-template", help="zero-shot CLIP prompt (default 'a photo of a {label}')")
+    c.add_argument("--trust-code", action="store_true",
+                   help="allow TorchScript classifiers: loading one runs the code inside the file (refused "
+                        "without this flag); only for files you trust")
     c.add_argument("--classifier-checkpointing", action="store_true",
                    help="gradient checkpointing inside the classifier (large ViTs)")
     if target:
@@ -81,23 +84,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_classifier(t)
     t.add_argument("--out", required=True, help="token file to write (.safetensors, or A1111 .pt)")
     t.add_argument("--overwrite", action="store_true", help="replace an existing token file")
-    t.add_argument("--steps", type=int, default=50, help="maximum optimization steps (default 50)")
-    t.add_argument("--batch-size", type=int, default=5, help="images (seeds) per step (default 5)")
+    t.add_argument("--recipe", default=DEFAULT_PRESET, choices=sorted(PRESETS),
+                   help=f"named settings the options below start from (default {DEFAULT_PRESET}: the paper's)")
+    d = TrainConfig()  # the paper's values, shown in the help; an option left out takes the recipe's value
+    t.add_argument("--steps", type=int, help=f"maximum optimization steps (paper: {d.max_steps})")
+    t.add_argument("--batch-size", type=int, help=f"images (seeds) per step (paper: {d.batch_size})")
     t.add_argument("--micro-batch", type=int, help="images per forward/backward, to save memory")
-    t.add_argument("--lr", type=float, default=TrainConfig.lr, help=f"AdamW learning rate (default {TrainConfig.lr})")
-    t.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay)
-    t.add_argument("--init-word", default="a", help="word whose embedding starts the token (default 'a')")
-    t.add_argument("--num-vectors", type=int, default=1, help="vectors in the token (default 1)")
+    t.add_argument("--lr", type=float, help=f"AdamW learning rate (paper: {d.lr})")
+    t.add_argument("--weight-decay", type=float, help=f"AdamW weight decay on the token (paper: {d.weight_decay})")
+    t.add_argument("--init-word", help=f"word whose embedding starts the token (paper: {d.init_word!r})")
+    t.add_argument("--num-vectors", type=int, help=f"vectors in the token (paper: {d.num_vectors})")
     t.add_argument("--template", action="append", dest="templates",
-                   help="prompt template with {token} and {label}; repeat for several (default: the paper's two)")
-    t.add_argument("--fresh-seeds", action="store_true",
-                   help="new seeds every step instead of the same batch of seeds (default: same, as the paper)")
-    t.add_argument("--backprop-depth", type=int, default=1, help="sampling steps with gradient, K (default 1)")
-    t.add_argument("--no-checkpointing", dest="checkpointing", action="store_false",
+                   help="prompt template with {token} and {label}; repeat for several (paper: its two)")
+    t.add_argument("--fresh-seeds", action="store_true", default=None,
+                   help="new seeds every step instead of the same batch of seeds (paper: the same)")
+    t.add_argument("--backprop-depth", type=int, help=f"sampling steps with gradient, K (paper: {d.backprop_depth})")
+    t.add_argument("--no-checkpointing", dest="checkpointing", action="store_false", default=None,
                    help="keep all activations (faster, much more memory); default: block-level gradient "
                         "checkpointing in the UNet step(s) with gradient and in the VAE decoder")
-    t.add_argument("--accuracy-threshold", type=float, default=0.7, help="stop at this batch accuracy (default 0.7)")
-    t.add_argument("--patience", type=int, default=15, help="stop after this many steps without a lower loss")
+    t.add_argument("--accuracy-threshold", type=float,
+                   help=f"stop at this batch accuracy (paper: {d.accuracy_threshold})")
+    t.add_argument("--patience", type=int,
+                   help=f"stop after this many steps without a lower loss (paper: {d.patience})")
     t.add_argument("--preview-every", type=int, default=0, help="write a preview grid every N steps (0: off)")
     _add_generation(t)
 
@@ -145,9 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="dct-demo", help="output folder (default ./dct-demo)")
     d.add_argument("--class", dest="classes", action="append",
                    help="demo class to train (repeatable; default: the ambiguous and the fine-detail one)")
-    d.add_argument("--steps", type=int, default=DEMO_STEPS, help=f"optimization steps per token (default {DEMO_STEPS})")
-    d.add_argument("--backprop-depth", type=int, default=DEMO_DEPTH,
-                   help=f"sampling steps with gradient, K (default {DEMO_DEPTH})")
+    d.add_argument("--steps", type=int, help="optimization steps per token (default: the demo recipe's, 25)")
+    d.add_argument("--backprop-depth", type=int,
+                   help="sampling steps with gradient, K (default: the demo recipe's, 10)")
     d.add_argument("--num-images", type=int, default=64, help="fresh-seed images per class and condition (default 64)")
     d.add_argument("--json", dest="json_path", help="also write the table as JSON to this file")
     d.add_argument("--seed", type=int, default=0, help="first training seed (default 0)")
@@ -156,10 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _sampling(args) -> SamplingConfig:
     """The user's settings; what they leave out comes from the model's defaults (SD, or the demo world's)."""
-    if getattr(args, "model", None) == "world":
-        from .world import SAMPLING as defaults
-    else:
-        defaults = SamplingConfig()
+    from .registry import named_model
+
+    named = named_model(getattr(args, "model", None) or "")
+    defaults = named.sampling if named is not None else SamplingConfig()
     def given(value, default):
         return default if value is None else value
 
@@ -175,13 +183,13 @@ def _sampling(args) -> SamplingConfig:
 def _backend(args):
     from .diffusers_backend import DiffusersBackend
     from .model_loading import load_pipeline
+    from .registry import named_model
     from .runtime import resolve_device, resolve_dtype
 
     device = resolve_device(args.device)
-    if args.model == "world":
-        from .world import load_world_backend
-
-        return load_world_backend(device, resolve_dtype(args.dtype, device))
+    named = named_model(args.model)
+    if named is not None:
+        return named.load_backend(device, resolve_dtype(args.dtype, device))
     pipe = load_pipeline(args.model, device=device, dtype=resolve_dtype(args.dtype, device), kind=args.model_kind)
     return DiffusersBackend(pipe)
 
@@ -191,7 +199,7 @@ def _load_classifier(args):
 
     return load_classifiers(
         args.classifiers, args.classifier_weights, args.labels, pooling=args.pooling, multi_label=args.multi_label,
-        template=args.clip_template, grad_checkpointing=args.classifier_checkpointing,
+        template=args.clip_template, grad_checkpointing=args.classifier_checkpointing, trust_code=args.trust_code,
     )
 
 
@@ -242,47 +250,42 @@ def _step_printer(total: int, preview_dir: Path | None = None, every: int = 0):
 
 
 def cmd_train(args) -> int:
-    from .tokens import sanitize_name, save_class_token
-    from .training import train_class_token
+    from .run import TrainJob, run_training
+    from .tokens import check_save_target, sanitize_name
 
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise DCTError(f"{out} already exists; pass --overwrite to replace it or choose another --out.")
-    config = TrainConfig(
-        templates=tuple(args.templates or PAPER_TEMPLATES), init_word=args.init_word, num_vectors=args.num_vectors,
-        batch_size=args.batch_size, micro_batch=args.micro_batch, seed=args.seed, fresh_seeds=args.fresh_seeds,
-        lr=args.lr,
-        weight_decay=args.weight_decay, max_steps=args.steps, accuracy_threshold=args.accuracy_threshold,
-        patience=args.patience, backprop_depth=args.backprop_depth, sampling=_sampling(args),
-        checkpointing=args.checkpointing,
+    sampling = _sampling(args)
+    config = preset_config(
+        args.recipe, templates=tuple(args.templates) if args.templates else None, init_word=args.init_word,
+        num_vectors=args.num_vectors, batch_size=args.batch_size, micro_batch=args.micro_batch, seed=args.seed,
+        fresh_seeds=args.fresh_seeds, lr=args.lr, weight_decay=args.weight_decay, max_steps=args.steps,
+        accuracy_threshold=args.accuracy_threshold, patience=args.patience, backprop_depth=args.backprop_depth,
+        checkpointing=args.checkpointing, sampling=sampling,
     )
-    config.validate()
+    out = Path(args.out)
+    name = sanitize_name(out.name)
+    hint = "pass --overwrite to replace it or choose another --out"
+    # Before loading anything big: a bad --out costs seconds, not a training.
+    out = check_save_target(out, overwrite=args.overwrite, overwrite_hint=hint)
     classifier, target = _classifier(args)
-    backend = _backend(args)
-    label = args.prompt_label or classifier.class_name(target)
-    name = sanitize_name(out.stem)
-    meta = {
-        "class_index": str(target), "class_label": classifier.class_name(target), "prompt_label": label,
-        "classifier": " + ".join(args.classifiers),
-        "target": "off" if args.target_off else "on",
-        "base_model": Path(args.model).name, "templates": json.dumps(list(config.templates)),
-        "trigger": name, "init_word": config.init_word, "lr": str(config.lr), "batch_size": str(config.batch_size),
-        "seed": str(config.seed), "resolution": str(config.sampling.resolution),
-        "sampling_steps": str(config.sampling.steps), "guidance": str(config.sampling.guidance),
-        "backprop_depth": str(config.backprop_depth),
-    }
-    print(f"training a token for class {target} {label!r} with {classifier.describe()}", file=sys.stderr)
+    job = TrainJob(
+        backend=_backend(args), classifier=classifier, target=target, config=config, name=name,
+        prompt_label=args.prompt_label, target_on=not args.target_off, out=out, overwrite=args.overwrite,
+        overwrite_hint=hint, recipe=args.recipe, base_model=Path(args.model).name,
+        classifier_name=" + ".join(args.classifiers), sampler=sampling.scheduler,
+    )
+    print(f"training a token for class {target} {job.label!r} with {classifier.describe()} "
+          f"(recipe {args.recipe})", file=sys.stderr)
     bar, on_step = _step_printer(config.max_steps, out.parent / f"{name}-previews", args.preview_every)
     with _CancelOnInterrupt() as cancel, bar:
-        result = train_class_token(backend, classifier, target, label, config, name=name, on_step=on_step,
-                                   should_cancel=cancel, metadata=meta, target_on=not args.target_off)
-    if not result.history:
+        outcome = run_training(job, on_step=on_step, should_cancel=cancel)
+    best = outcome.result.best
+    if best is None:
         raise DCTError("training stopped before the first step finished; nothing was saved.")
-    result.token.metadata["trained_steps"] = str(len(result.history))
-    path = save_class_token(result.token, out, overwrite=args.overwrite)
-    best = result.best
-    print(f"stopped: {result.stopped}; best step {best.step}: accuracy {best.accuracy:.2f}, loss {best.loss:.4f}")
-    print(f"wrote {path} (use {name!r} as the trigger word / embedding:{name})")
+    print(f"stopped: {outcome.result.stopped}; best step {best.step}: accuracy {best.accuracy:.2f}, "
+          f"loss {best.loss:.4f}")
+    if outcome.save_error is not None:
+        raise DCTError(outcome.save_error)
+    print(f"wrote {outcome.path} (use {name!r} as the trigger word / embedding:{name})")
     return 0
 
 
@@ -403,9 +406,10 @@ def cmd_classifier_info(args) -> int:
 
 def cmd_demo(args) -> int:
     from .demo import format_table, run_demo
+    from .world.facts import DEMO_STEPS
 
     print("dct demo: class tokens on the built-in demo world (CPU, no download)", file=sys.stderr)
-    bar, on_step = _step_printer(args.steps)
+    bar, on_step = _step_printer(args.steps or DEMO_STEPS)
 
     def on_class(target):
         bar.reset()

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 from .errors import DCTError
 
@@ -12,11 +13,6 @@ PAPER_TEMPLATES: tuple[str, ...] = (
     "A photo of {token} {label}",
 )
 
-# `dct demo` on the built-in world: optimization steps per token and backprop depth K. On that world the whole
-# 10-step trajectory (K = 10) gave held-out gains of +45 to +50 points where K = 3 gave +11 to +36 and K = 1 less
-# (README, "The demo world"; bench/demo_depth.py).
-DEMO_STEPS = 25
-DEMO_DEPTH = 10
 
 
 @dataclass(frozen=True)
@@ -87,3 +83,34 @@ class TrainConfig:
             raise DCTError(f"accuracy threshold must be in (0, 1], got {self.accuracy_threshold}.")
         if self.patience < 1:
             raise DCTError(f"patience must be at least 1, got {self.patience}.")
+
+
+# Named recipes: overrides of TrainConfig's defaults (which are the paper's). Every front end (the CLI, the
+# ComfyUI node, the demo) builds its config here, from a preset plus the user's overrides.
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {},  # Schwartz et al. and their reference code: K = 1 (gradient skipping), lr 0.00125, fixed seeds
+}
+DEFAULT_PRESET = "paper"
+
+
+def preset_config(preset: str = DEFAULT_PRESET, **overrides: Any) -> TrainConfig:
+    """The TrainConfig of a named preset with ``overrides`` applied (None values are ignored, so front ends
+    can pass every option and leave the unset ones to the preset). ``sampling`` may be a SamplingConfig or a
+    dict of its fields."""
+    if preset not in PRESETS:
+        raise DCTError(f"unknown recipe {preset!r}; choose one of: {', '.join(PRESETS)}.")
+    settings = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise DCTError(f"unknown training setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}.")
+    sampling = settings.pop("sampling", None)
+    config = TrainConfig(**settings)
+    if isinstance(sampling, SamplingConfig):
+        config = replace(config, sampling=sampling)
+    elif sampling:
+        config = replace(config, sampling=replace(config.sampling, **sampling))
+    if "templates" in settings:
+        config = replace(config, templates=tuple(config.templates))
+    config.validate()
+    return config

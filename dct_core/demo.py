@@ -11,42 +11,31 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
-from .config import DEMO_DEPTH, DEMO_STEPS, TrainConfig
+from .config import DEFAULT_PRESET, TrainConfig, preset_config
 from .errors import DCTError
 from .evaluation import WITH, WITHOUT, compare_with_token
 from .files import atomic_write
 from .images import make_grid, save_image
-from .tokens import sanitize_name, save_class_token
-from .training import StepRecord, train_class_token
+from .run import TrainJob, run_training
+from .tokens import sanitize_name
+from .training import StepRecord
 from .world import SAMPLING, load_world_backend, load_world_classifier
+from .world.facts import DEMO_CLASSES, DEMO_RECIPE, EVAL_FIRST_SEED, DemoClass
 
 
-@dataclass(frozen=True)
-class DemoClass:
-    label: str  # the classifiers' class
-    word: str  # the coarse word the prompts use (never names the class itself)
-    kind: str  # what makes it hard
-
-
-DEMO_CLASSES: tuple[DemoClass, ...] = (
-    DemoClass("toy kite", "kite", "ambiguous word"),
-    DemoClass("red-throated warbler", "bird", "fine detail"),
-)
-DEMO_TEMPLATES = ("a photo of a {token} {label}", "a {token} {label}")
-EVAL_FIRST_SEED = 100_000  # fresh seeds: far from the training seeds
-
-
-def demo_config(steps: int = DEMO_STEPS, backprop_depth: int = DEMO_DEPTH, seed: int = 0, **overrides) -> TrainConfig:
-    settings = dict(
-        templates=DEMO_TEMPLATES, batch_size=8, lr=5e-2, max_steps=steps, backprop_depth=backprop_depth,
-        fresh_seeds=True, accuracy_threshold=1.0, patience=steps, sampling=SAMPLING, seed=seed, checkpointing=False,
-    )
-    return TrainConfig(**{**settings, **overrides})
+def demo_config(steps: int | None = None, backprop_depth: int | None = None, seed: int = 0,
+                **overrides) -> TrainConfig:
+    """The demo's settings: the paper's preset with the world's demo recipe and sampling, then ``overrides``."""
+    given = {k: v for k, v in dict(max_steps=steps, backprop_depth=backprop_depth, **overrides).items()
+             if v is not None}
+    if steps is not None:
+        given.setdefault("patience", steps)  # the demo never stops on patience, only on an all-correct batch
+    return preset_config(DEFAULT_PRESET, **{**DEMO_RECIPE, "sampling": SAMPLING, "seed": seed, **given})
 
 
 @dataclass
@@ -105,8 +94,8 @@ def run_demo(
     out_dir: str | Path = "dct-demo",
     *,
     classes: Sequence[str] | None = None,
-    steps: int = DEMO_STEPS,
-    backprop_depth: int = DEMO_DEPTH,
+    steps: int | None = None,
+    backprop_depth: int | None = None,
     num_images: int = 64,
     seed: int = 0,
     overwrite: bool = True,
@@ -129,20 +118,21 @@ def run_demo(
     for target in _select(classes):
         if on_class is not None:
             on_class(target)
-        cfg = TrainConfig(**{**config.__dict__, "init_word": target.word})
+        cfg = replace(config, init_word=target.word)
+        index = guide.class_index(target.label)
         started = time.perf_counter()
-        result = train_class_token(
-            backend, guide, guide.class_index(target.label), target.word, cfg,
-            name=sanitize_name(target.label), on_step=on_step,
-            should_cancel=should_cancel,
-            metadata={"class_label": target.label, "classifier": guide.name, "base_model": "dct demo world",
-                      "templates": "|".join(cfg.templates)},
+        outcome = run_training(
+            TrainJob(backend, guide, index, cfg, name=sanitize_name(target.label), prompt_label=target.word,
+                     out=out / f"{sanitize_name(target.label)}.safetensors", overwrite=overwrite,
+                     overwrite_hint="pass --overwrite", recipe="demo world", base_model="dct demo world"),
+            on_step=on_step, should_cancel=should_cancel,
         )
+        result = outcome.result
         seconds = time.perf_counter() - started
-        if result.history:  # the best token so far is kept, also when cancelled
-            report.token_paths.append(
-                save_class_token(result.token, out / f"{result.token.name}.safetensors", overwrite=overwrite)
-            )
+        if outcome.save_error is not None:
+            raise DCTError(outcome.save_error)
+        if outcome.path is not None:  # the best token so far is kept, also when cancelled
+            report.token_paths.append(outcome.path)
         if result.stopped == "cancelled" or (should_cancel is not None and should_cancel()):
             report.cancelled = True
             break

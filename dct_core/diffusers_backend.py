@@ -5,21 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch.utils.checkpoint import checkpoint as grad_checkpoint
 
-from .backend import Trajectory
+from .backend import Conditioning, Trajectory, Vectors
 from .config import SamplingConfig
 from .errors import DCTError
 from .prompts import tokenize_with_slots
-
-
-class Conditioning(NamedTuple):
-    hidden: torch.Tensor  # [B, 77, D] (SDXL: both encoders concatenated)
-    pooled: torch.Tensor | None  # SDXL: [B, 1280] from the second encoder
-    token_mask: torch.Tensor | None = None  # [B, 77] True at the class-token positions
 
 
 @contextmanager
@@ -83,7 +77,7 @@ class DiffusersBackend:
                 out[name] = rows[torch.arange(num_vectors) % len(ids)]
         return out
 
-    def encode(self, prompts: Sequence[str], vectors: dict[str, torch.Tensor] | None) -> Conditioning:
+    def encode(self, prompts: Sequence[str], vectors: Vectors | None) -> Conditioning:
         hidden, pooled, mask = [], None, None
         for name, enc, tok in zip(self.encoders, self.text_encoders, self.tokenizers):
             vec = None if vectors is None else vectors[name]

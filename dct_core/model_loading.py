@@ -15,7 +15,6 @@ import logging
 import os
 import re
 import warnings
-import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .errors import DCTError
+from .safe_load import FileKind, read_safetensors_shapes, read_tensors
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
@@ -34,6 +34,11 @@ TOKENIZER_DIR = CONFIGS_DIR / "clip_tokenizer"
 KINDS = ("sd1", "sd2", "sd2-v", "sdxl")
 PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth")
+CHECKPOINT = FileKind(
+    "checkpoint",
+    "use the model's .safetensors release, or convert the file to .safetensors with a tool you trust.",
+    short_name=True,
+)
 
 _UNET = "model.diffusion_model."
 # Text-encoder layout tells the family apart: SD1 has OpenAI CLIP-L in the HF layout, SD2 OpenCLIP-H,
@@ -128,39 +133,14 @@ def read_checkpoint_shapes(file: str | os.PathLike) -> dict[str, tuple[int, ...]
     file = Path(file)
     suffix = file.suffix.lower()
     if suffix == ".safetensors":
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(file), framework="pt") as f:
-                return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-        except Exception as exc:
-            raise DCTError(
-                f"{file.name} is not a readable .safetensors file ({_first_line(exc)}); "
-                "re-download or re-export it."
-            ) from exc
+        return read_safetensors_shapes(file, CHECKPOINT)
     if suffix not in PICKLE_SUFFIXES:
         raise DCTError(
             f"unsupported model file type {file.suffix!r}: give a .safetensors (or .ckpt) file or a folder."
         )
-    try:
-        # weights_only refuses any global outside torch's tensor allow-list: nothing in the file can run.
-        state = torch.load(file, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(file))
-    except Exception as exc:
-        # torch's message cannot tell a damaged file from one needing code ("Unsupported operand" is both).
-        detail = re.search(r"WeightsUnpickler error:\s*([^.\n]+)", str(exc))
-        if detail is None and "weights only" not in str(exc).lower():
-            message = f"{file.name} is not a readable checkpoint ({_first_line(exc)}); re-download it."
-            raise DCTError(message) from exc
-        why = detail[1] if detail else "weights-only load failed"
-        raise DCTError(
-            f"refusing to load {file.name}: it is not plain weights ({why}), so it is damaged or would run "
-            "arbitrary Python code when unpickled. Use the model's .safetensors release, or convert the file "
-            "to .safetensors with a tool you trust."
-        ) from exc
+    state = read_tensors(file, CHECKPOINT, mmap=True)  # weights-only: nothing in the file can run
     while isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
         state = state["state_dict"]  # A1111-era .ckpt files nest the weights
-    if not isinstance(state, Mapping):
-        raise DCTError(f"{file.name} holds no state dict of tensors; give a Stable Diffusion checkpoint.")
     return {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 

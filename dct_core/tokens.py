@@ -11,22 +11,28 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import re
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .errors import DCTError
+from .errors import DCTError, TokenSaveError
+from .files import atomic_write, probe_writable, temp_name
+from .safe_load import FileKind, read_safetensors_metadata, read_tensors
 
 ENCODER_KEYS = ("clip_l", "clip_g", "clip_h")
 # Which encoder a lone tensor belongs to, by width (SD1 CLIP-L, SDXL CLIP-G, SD2 OpenCLIP-H).
 _KEY_BY_WIDTH = {768: "clip_l", 1280: "clip_g", 1024: "clip_h"}
 TOKEN_SUFFIXES = (".safetensors", ".pt", ".bin")
+TOKEN_FILE = FileKind("token file", "re-save it as .safetensors in an environment you trust.")
+OVERWRITE_HINT = "choose another name, or save with overwrite=True"
+# CLIP's own token embeddings stay well below 1 per element and trained tokens within a few units: a value past
+# this bound only comes from a diverged run or a broken file.
+MAX_ABS_VALUE = 1e4
 
 
 @dataclass
@@ -97,87 +103,198 @@ def _state_dict(token: ClassToken) -> dict[str, torch.Tensor]:
     return {k: v.contiguous() for k, v in token.vectors.items()}
 
 
-def save_class_token(token: ClassToken, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
-    """Write atomically (temp file + rename). ``.safetensors`` (default) or A1111 ``.pt``."""
-    path = Path(path)
-    if path.suffix not in (".safetensors", ".pt"):
-        path = path.with_name(path.name + ".safetensors")
-    if path.exists() and not overwrite:
-        raise DCTError(f"{path} already exists; pass --overwrite to replace it or choose another name.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {f"dct.{k}": str(v) for k, v in token.metadata.items()}
-    meta["dct.name"] = token.name
-    meta["dct.encoders"] = json.dumps(list(token.vectors))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+def validate_class_token(token: ClassToken, source: str | None = None) -> ClassToken:
+    """The token itself, or a one-line DCTError when no host could use it: NaN or infinite values, any value
+    beyond +-MAX_ABS_VALUE, or an all-zero vector. ``source`` names it in the message (default: its name)."""
+    for key, vec in token.vectors.items():
+        problem = _vector_problem(vec)
+        if problem:
+            raise DCTError(f"{source or f'class token {token.name!r}'} is unusable: its {key} vector {problem}; "
+                           "retrain it or use another token.")
+    return token
+
+
+def _vector_problem(vec: torch.Tensor) -> str | None:
+    if vec.numel() == 0:
+        return "is empty"
+    if not torch.isfinite(vec).all():
+        return "has NaN or infinite values"
+    peak = vec.abs().max().item()
+    if peak > MAX_ABS_VALUE:
+        return f"has a value of {peak:.3g}, beyond any real embedding (limit {MAX_ABS_VALUE:g})"
+    zero = (vec == 0).all(dim=-1).nonzero()
+    if len(zero):
+        return f"{int(zero[0, 0])} is all zeros" if vec.shape[0] > 1 else "is all zeros"
+    return None
+
+
+def check_save_target(path: str | os.PathLike, *, overwrite: bool, overwrite_hint: str) -> Path:
+    """The final path a token saved to ``path`` gets (``.safetensors`` appended unless it ends in .safetensors
+    or .pt), after checking that it can be written: a one-line DCTError otherwise. Call it before training."""
+    path = _final_path(path)
+    _make_folder(path.parent)
+    _check_name_length(path)  # first: a stat of an over-long name fails
+    if path.is_dir():
+        raise DCTError(f"{path} is a folder; give a file name for the token.")
     try:
-        if path.suffix == ".pt":
-            if len(token.vectors) != 1:
-                raise DCTError("the A1111 .pt format holds one text encoder; save SDXL tokens as .safetensors.")
-            vec = next(iter(token.vectors.values()))
-            torch.save(
-                {"string_to_token": {"*": 265}, "string_to_param": {"*": vec}, "name": token.name,
-                 "step": int(token.metadata.get("steps", 0))},
-                tmp,
-            )
-        else:
-            save_file(_state_dict(token), tmp, metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        probe_writable(path.parent)
+    except OSError as exc:
+        raise DCTError(f"cannot write to the folder {path.parent}: {exc.strerror or exc}.") from exc
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        raise DCTError(f"{path} already exists; {_sentence(overwrite_hint)}")
     return path
 
 
-def _load_pickle(path: Path) -> dict:
+def save_class_token(
+    token: ClassToken,
+    path: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    fallback: bool = False,
+    overwrite_hint: str = OVERWRITE_HINT,
+) -> Path:
+    """Write the token atomically, ``.safetensors`` (default) or A1111 ``.pt``; the saved path.
+
+    Failures raise TokenSaveError (a DCTError). With ``fallback`` a token that cannot be saved where asked
+    (folder gone, disk full, name taken meanwhile) is written to a spare folder first and the error says where
+    (``.fallback_path``): for a token that took long to train.
+    """
+    validate_class_token(token)
+    final = _final_path(path)
+    writer = _writer(token, final.suffix)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, EOFError) as exc:
-        raise DCTError(
-            f"{path} cannot be read safely (it is not a plain tensor file, and running the code a pickle "
-            "may hold is refused); re-save it as .safetensors."
-        ) from exc
+        final = check_save_target(final, overwrite=overwrite, overwrite_hint=overwrite_hint)
+        return atomic_write(final, writer, overwrite=overwrite, exists_hint=overwrite_hint)
+    except (OSError, DCTError) as exc:
+        failure = str(exc).rstrip(".") if isinstance(exc, DCTError) else f"could not save {final}: {_reason(exc)}"
+        if not fallback:
+            raise TokenSaveError(failure + ".") from exc
+        raise _kept_elsewhere(final, writer, failure) from exc
+
+
+def _final_path(path: str | os.PathLike) -> Path:
+    path = Path(path).expanduser()
+    if path.suffix not in (".safetensors", ".pt"):
+        path = path.with_name(path.name + ".safetensors")
+    return path
+
+
+def _make_folder(folder: Path) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise DCTError(f"cannot save into {folder}: it is a file, not a folder.")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DCTError(f"cannot create the folder {folder}: {exc.strerror or exc}.") from exc
+
+
+def _check_name_length(path: Path) -> None:
+    limit = _name_max(path.parent)
+    for what, name in (("file name", path.name), ("temporary file name", temp_name(path.name))):
+        size = len(os.fsencode(name))
+        if size > limit:
+            shown = path.name if len(path.name) <= 60 else path.name[:57] + "..."
+            raise DCTError(f"{shown!r} is too long: its {what} is {size} bytes, over this file system's limit "
+                           f"of {limit}; choose a shorter name.")
+
+
+def _name_max(folder: Path) -> int:
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (AttributeError, OSError, ValueError):  # no pathconf (Windows) or no answer
+        return 255
+
+
+def _writer(token: ClassToken, suffix: str):
+    """A callback writing the token file at the temp path it is given."""
+    if suffix == ".pt":
+        if len(token.vectors) != 1:
+            raise DCTError("the A1111 .pt format holds one text encoder; save SDXL tokens as .safetensors.")
+        vec = next(iter(token.vectors.values()))
+        data = {"string_to_token": {"*": 265}, "string_to_param": {"*": vec}, "name": token.name,
+                "step": int(token.metadata.get("steps", 0))}
+        return lambda tmp: torch.save(data, tmp)
+    meta = {f"dct.{k}": str(v) for k, v in token.metadata.items()}
+    meta["dct.name"] = token.name
+    meta["dct.encoders"] = json.dumps(list(token.vectors))
+    state = _state_dict(token)
+    return lambda tmp: save_file(state, str(tmp), metadata=meta)
+
+
+def _kept_elsewhere(path: Path, writer, failure: str) -> TokenSaveError:
+    """Write the token to the first spare folder that takes it; the error to raise, saying where it went."""
+    stem = path.stem[:100]  # the asked-for name may be what failed (too long)
+    name = f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}{path.suffix}"
+    failures = []
+    for folder in fallback_folders():
+        try:
+            kept = atomic_write(folder / name, writer, overwrite=False)
+        except (OSError, DCTError) as exc:
+            failures.append(f"{folder}: {_reason(exc)}")
+            continue
+        return TokenSaveError(f"{failure}; the trained token was kept in {kept} instead: move it where it belongs.",
+                              fallback_path=kept)
+    return TokenSaveError(f"{failure}; keeping a copy elsewhere failed too ({'; '.join(failures)}).")
+
+
+def fallback_folders() -> list[Path]:
+    """Where a token that cannot be saved where asked is kept, in order of preference."""
+    return [Path(tempfile.gettempdir()) / "dct-unsaved", Path.home() / "dct-unsaved"]
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc).rstrip(".")
+
+
+def _sentence(text: str) -> str:
+    return text.rstrip(".") + "."
+
+
+def _file_tensor(value, key: str, path: Path) -> torch.Tensor:
+    """A tensor from a token file that can be a [vectors, width] embedding, or a one-line DCTError."""
+    if not isinstance(value, torch.Tensor):
+        raise DCTError(f"{path} holds {type(value).__name__!r} data under {key!r}, not a tensor; it is not a class "
+                       "token.")
+    if value.dim() == 0 or value.numel() == 0:
+        what = "a single number" if value.dim() == 0 else "an empty tensor"
+        raise DCTError(f"{path} holds {what} under {key!r}, not [vectors, width] embedding; it is not a class token.")
+    if not value.is_floating_point():
+        raise DCTError(f"{path} holds {value.dtype} values under {key!r}, not floats; it is not a class token.")
+    return value
 
 
 def _vectors_from_state(data: dict, path: Path) -> dict[str, torch.Tensor]:
     """Resolve keys in the order ComfyUI does: string_to_param, per-encoder keys, emb_params, lone tensor."""
-    if isinstance(data, torch.Tensor):
-        data = {"*": data}
-    if not isinstance(data, dict):
-        raise DCTError(f"{path} holds no embedding (found {type(data).__name__}).")
-    if isinstance(data.get("string_to_param"), dict):
-        vec = next(iter(data["string_to_param"].values()))
+    if "string_to_param" in data:
+        params = data["string_to_param"]
+        if not isinstance(params, dict) or not params:
+            raise DCTError(f"{path} has an empty or malformed string_to_param (A1111 format); it holds no embedding.")
+        vec = _file_tensor(next(iter(params.values())), "string_to_param", path)
         return {_KEY_BY_WIDTH.get(vec.shape[-1], "clip_l"): vec}
-    per_encoder = {k: data[k] for k in ENCODER_KEYS if isinstance(data.get(k), torch.Tensor)}
+    per_encoder = {k: _file_tensor(data[k], k, path) for k in ENCODER_KEYS if k in data}
     if per_encoder:
         return per_encoder
-    tensors = [v for v in data.values() if isinstance(v, torch.Tensor)]
-    if "emb_params" in data:
-        tensors = [data["emb_params"]]
-    if len(tensors) != 1:
-        raise DCTError(f"{path} holds {len(tensors)} tensors and no known embedding key; it is not a class token.")
-    return {_KEY_BY_WIDTH.get(tensors[0].shape[-1], "clip_l"): tensors[0]}
+    keys = ["emb_params"] if "emb_params" in data else [k for k, v in data.items() if isinstance(v, torch.Tensor)]
+    if len(keys) != 1:
+        raise DCTError(f"{path} holds {len(keys)} tensors and no known embedding key; it is not a class token.")
+    vec = _file_tensor(data[keys[0]], keys[0], path)
+    return {_KEY_BY_WIDTH.get(vec.shape[-1], "clip_l"): vec}
 
 
 def load_class_token(path: str | os.PathLike) -> ClassToken:
-    """Read any embedding file a host reads (.safetensors, A1111 .pt, diffusers .bin), never running code."""
+    """Read any embedding file a host reads (.safetensors, A1111 .pt, diffusers .bin), never running code.
+
+    A token no host could use (see validate_class_token) raises a one-line DCTError.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise DCTError(f"token file {path} does not exist.")
-    meta: dict[str, str] = {}
-    if path.suffix == ".safetensors":
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                data = {k: f.get_tensor(k) for k in f.keys()}
-                meta = dict(f.metadata() or {})
-        except Exception as exc:  # safetensors raises its own error types for corrupt headers
-            raise DCTError(f"{path} is not a readable .safetensors file ({exc}).") from exc
-        encoders = json.loads(meta.get("dct.encoders", "null") or "null")
-        if encoders and "emb_params" in data and len(encoders) == 1:
-            data = {encoders[0]: data["emb_params"]}
-    else:
-        data = _load_pickle(path)
+    data = read_tensors(path, TOKEN_FILE, tensor_key="*")
+    meta = read_safetensors_metadata(path, TOKEN_FILE) if path.suffix.lower() == ".safetensors" else {}
+    encoders = json.loads(meta.get("dct.encoders", "null") or "null")
+    if encoders and "emb_params" in data and len(encoders) == 1:
+        data = {encoders[0]: data["emb_params"]}
     vectors = _vectors_from_state(data, path)
     # The trigger word is the file name, as in every host (embedding:NAME, A1111's embeddings folder).
     metadata = {k[4:]: v for k, v in meta.items() if k.startswith("dct.") and k not in ("dct.encoders", "dct.name")}
-    return ClassToken(vectors=vectors, name=path.stem, metadata=metadata)
+    return validate_class_token(ClassToken(vectors=vectors, name=path.stem, metadata=metadata), f"token file {path}")

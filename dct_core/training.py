@@ -8,7 +8,7 @@ clip, AdamW. Early stopping on batch accuracy or patience; the best token seen i
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -75,7 +75,7 @@ def train_class_token(
         raise DCTError(f"target class {target} is outside the classifier's {classifier.num_classes} classes.")
     if not target_on and not classifier.multi_label:
         raise DCTError("an 'off' target needs a multi-label (attribute) classifier.")
-    device, dtype = backend.device, getattr(backend, "dtype", torch.float32)
+    device, dtype = backend.device, backend.dtype
     classifier.to(device)
     params = {
         k: torch.nn.Parameter(v.detach().float().clone().to(device))
@@ -165,7 +165,8 @@ def train_class_token(
     return result
 
 
-def _token(vectors: dict[str, torch.Tensor], name: str, metadata: dict[str, str] | None, record=None) -> ClassToken:
+def _token(vectors: Mapping[str, torch.Tensor], name: str, metadata: dict[str, str] | None,
+           record: StepRecord | None = None) -> ClassToken:
     meta = dict(metadata or {})
     if record is not None:
         meta.update(steps=str(record.step), accuracy=f"{record.accuracy:.4f}", loss=f"{record.loss:.6f}")

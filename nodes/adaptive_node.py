@@ -1,5 +1,6 @@
 """Adaptive Class Guidance (DATE): a MODEL patch that, at chosen sampling steps, moves the positive text
-conditioning by a normalized gradient step raising the classifier's score of the predicted image.
+conditioning by a normalized gradient step raising the classifier's score of the predicted image. The step
+itself is the engine's ``date_update`` (per-image norm, prior), so node and engine move alike.
 
 It wraps the host's noise prediction (WrappersMP.PREDICT_NOISE), so the stock KSampler, KSamplerAdvanced and
 SamplerCustom all use it. The user's CONDITIONING objects are never changed: the guider holds per-run
@@ -11,11 +12,11 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
-from dct_core.adaptive import AdaptiveConfig, class_score
+from dct_core.adaptive import AdaptiveConfig, class_score, date_update
 from dct_core.errors import DCTError
 
 from .host_autograd import autograd_enabled, trainable_weights
-from .sockets import CATEGORY, Classifier
+from .sockets import CATEGORY, ClassifierSocket
 
 WRAPPER_KEY = "dct_date"
 
@@ -65,12 +66,14 @@ def _updated(guider, start, original, x, timestep, model_options, seed, vae, cla
              conds_module):
     import comfy.model_management
     import comfy.samplers
+    import comfy.utils
 
     score = class_score(classifier, target, config.score)
     model = guider.inner_model
     with autograd_enabled(), trainable_weights([model, vae.first_stage_model, classifier.module]):
         x, timestep = x.detach().clone(), timestep.detach().clone()  # plain tensors autograd may save
-        embeds = [_crossattn(e).detach().clone() for e in start]
+        # One embedding per image (the host shares one across the batch): DATE updates each image on its own.
+        embeds = [comfy.utils.repeat_to_batch_size(_crossattn(e), x.shape[0]).detach().clone() for e in start]
         comfy.model_management.load_models_gpu([vae.patcher])  # once per chosen step, not per update
         decoder = vae.first_stage_model
         param = next(decoder.parameters())
@@ -81,12 +84,10 @@ def _updated(guider, start, original, x, timestep, model_options, seed, vae, cla
                                                   guider.cfg, model_options=model_options, seed=seed)
             images = ((decoder.decode(model.process_latent_out(x0).to(param.device, param.dtype)).float() + 1) / 2)
             objective = -score(images.clamp(0, 1).to(comfy.model_management.get_torch_device())).sum()
-            if config.prior:
-                objective = objective + 0.5 * config.prior * sum(
-                    (leaf - _crossattn(o).to(leaf.device)).square().sum() for leaf, o in zip(leaves, original))
             grads = torch.autograd.grad(objective, leaves, allow_unused=True)
-            embeds = [(leaf - config.rho * g / g.norm().clamp_min(1e-12)).detach() if g is not None
-                      else leaf.detach() for leaf, g in zip(leaves, grads)]
+            embeds = [leaf.detach() if g is None else
+                      date_update(leaf, g, config.rho, original=_crossattn(o), prior=config.prior)
+                      for leaf, g, o in zip(leaves, grads, original)]
     return [_with_crossattn(e, t, conds_module) for e, t in zip(start, embeds)]
 
 
@@ -104,7 +105,7 @@ class AdaptiveClassGuidance(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip="The model to patch (a clone is returned; the input is unchanged)."),
                 io.Vae.Input("vae", tooltip="Decodes the predicted image for the classifier."),
-                Classifier.Input("classifier", tooltip="The classifier whose class to steer toward."),
+                ClassifierSocket.Input("classifier", tooltip="The classifier whose class to steer toward."),
                 io.String.Input("target_class", default="tiger cat",
                                 tooltip="A label name (any synonym) or an index."),
                 io.Float.Input("rho", default=d.rho, min=0.0, max=5.0, step=0.01,

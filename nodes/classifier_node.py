@@ -10,7 +10,7 @@ from dct_core.classifiers import load_classifier
 from dct_core.errors import DCTError
 
 from . import folders
-from .sockets import CATEGORY, Classifier
+from .sockets import CATEGORY, ClassifierSocket
 
 KINDS = ["auto", "zero-shot CLIP"]
 
@@ -40,12 +40,18 @@ class LoadClassifier(io.ComfyNode):
                                        "such as the paper's CUB/iNat classifiers)."),
                 io.Boolean.Input("multi_label", default=False,
                                  tooltip="Sigmoid outputs (attributes such as CelebA 'Bald'): binary cross-entropy."),
+                io.Boolean.Input("allow_torchscript_code", display_name="allow TorchScript code", default=False,
+                                 optional=True,
+                                 tooltip="TorchScript files are programs: loading one runs the code inside it, "
+                                         "which can read and write files. Off: TorchScript is refused. "
+                                         "Turn on only for a file you trust."),
             ],
-            outputs=[Classifier.Output("CLASSIFIER", display_name="classifier")],
+            outputs=[ClassifierSocket.Output("CLASSIFIER", display_name="classifier")],
         )
 
     @classmethod
-    def execute(cls, classifier, kind, timm_architecture, labels, pooling, multi_label) -> io.NodeOutput:
+    def execute(cls, classifier, kind, timm_architecture, labels, pooling, multi_label,
+                allow_torchscript_code=False) -> io.NodeOutput:
         path = folders.classifier_path(classifier)
         if kind == "zero-shot CLIP":
             spec = f"clip:{path}"
@@ -54,7 +60,8 @@ class LoadClassifier(io.ComfyNode):
         else:
             spec = path
         try:
-            model = load_classifier(spec, labels=_labels(labels), pooling=pooling, multi_label=multi_label or None)
+            model = load_classifier(spec, labels=_labels(labels), pooling=pooling, multi_label=multi_label or None,
+                                    trust_code=allow_torchscript_code)
         except DCTError as exc:
             raise ValueError(str(exc)) from exc
         size = model.preprocess.input_size

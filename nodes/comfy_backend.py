@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from dct_core.backend import Trajectory
+from dct_core.backend import Conditioning, Trajectory, Vectors
 from dct_core.config import SamplingConfig
 from dct_core.errors import DCTError
 from dct_core.prompts import TOKEN_MARK
@@ -22,6 +22,18 @@ from .host_autograd import trainable_weights
 from .token_registry import sub_tokenizers, text_models, token_registered
 
 TRIGGER = "dct-class-token"  # the name the learned vectors answer to while the engine encodes prompts
+
+
+def to_host(cond: Conditioning) -> list:
+    """The engine's conditioning as a host CONDITIONING (one entry holding the whole batch)."""
+    extra = {} if cond.pooled is None else {"pooled_output": cond.pooled}
+    return [[cond.hidden, extra]]
+
+
+def _embedding_positions(tokens: dict) -> torch.Tensor:
+    """Where the host splices an embedding (any non-integer token entry), over the first encoder's rows."""
+    rows = next(iter(tokens.values()))
+    return torch.tensor([not isinstance(t[0], int) for row in rows for t in row])
 
 
 def _grad_tail_sampler():
@@ -88,22 +100,28 @@ class ComfyBackend:
             out[key] = rows.mean(0, keepdim=True) if num_vectors == 1 else rows[torch.arange(num_vectors) % len(ids)]
         return out
 
-    def encode(self, prompts: Sequence[str], vectors: dict[str, torch.Tensor] | None) -> list:
-        """A host CONDITIONING with one row per prompt ([B, 77, D] and pooled [B, P])."""
-        conds, pooled = [], []
+    def encode(self, prompts: Sequence[str], vectors: Vectors | None) -> Conditioning:
+        """The prompts' conditioning ([B, L, D], pooled [B, P] where the model has one), with the class-token
+        positions marked; ``to_host`` turns it into a host CONDITIONING."""
+        conds, pooled, masks = [], [], []
         self.clip.load_model()
         with trainable_weights([self.clip.cond_stage_model]) if torch.is_grad_enabled() else nullcontext():
-            with token_registered(self.clip.tokenizer, TRIGGER, vectors or {}):
+            with token_registered(self.clip.tokenizer, TRIGGER, dict(vectors or {})):
                 for prompt in prompts:
                     text = prompt.replace(TOKEN_MARK, f" embedding:{TRIGGER} ") if vectors else prompt
-                    out = self.clip.encode_from_tokens(self.clip.tokenize(text), return_pooled=True,
-                                                       return_dict=True)
+                    tokens = self.clip.tokenize(text)
+                    out = self.clip.encode_from_tokens(tokens, return_pooled=True, return_dict=True)
                     conds.append(out.pop("cond"))
                     pooled.append(out.get("pooled_output"))
-        extra = {"pooled_output": torch.cat(pooled)} if all(p is not None for p in pooled) else {}
-        return [[torch.cat(conds), extra]]
+                    masks.append(_embedding_positions(tokens))
+        hidden = torch.cat(conds)
+        mask = torch.stack(masks) if len({m.shape[0] for m in masks}) == 1 else None
+        if mask is not None and mask.shape[1] != hidden.shape[1]:
+            mask = None  # the host padded or chunked the prompt differently: no reliable positions
+        pooled_batch = torch.cat(pooled) if all(p is not None for p in pooled) else None
+        return Conditioning(hidden, pooled_batch, mask)
 
-    def negative(self, prompt: str, batch: int) -> list:
+    def negative(self, prompt: str, batch: int) -> Conditioning:
         return self.encode([prompt] * batch, None)
 
     def start(self, seeds: Sequence[int], sampling: SamplingConfig) -> Trajectory:
@@ -119,23 +137,33 @@ class ComfyBackend:
         state = {"sigmas": sigmas, "noise": noise, "guidance": sampling.guidance, "seed": int(seeds[0])}
         return Trajectory(torch.zeros_like(noise), total_steps=len(sigmas) - 1, state=state)
 
-    def denoise(self, traj: Trajectory, cond: list, uncond: list, num_steps: int, *, checkpoint: bool = False):
-        import comfy.samplers
-
+    def denoise(self, traj: Trajectory, cond: Conditioning, uncond: Conditioning, num_steps: int, *,
+                checkpoint: bool = False) -> torch.Tensor:
         if num_steps <= 0:
             return traj.latents
-        sigmas = traj.state["sigmas"][traj.done : traj.done + num_steps + 1]
+        latents = self._sample(traj, cond, uncond, traj.state["sigmas"][traj.done : traj.done + num_steps + 1])
+        traj.latents, traj.done = latents, traj.done + num_steps
+        return latents
+
+    def predict_x0(self, traj: Trajectory, cond: Conditioning, uncond: Conditioning) -> torch.Tensor:
+        """One gradient-carrying step from the current sigma straight to 0 is the guided model's x0; the
+        trajectory does not move."""
+        sigmas = traj.state["sigmas"]
+        with torch.enable_grad():
+            return self._sample(traj, cond, uncond, torch.stack([sigmas[traj.done], sigmas.new_zeros(())]))
+
+    def _sample(self, traj: Trajectory, cond: Conditioning, uncond: Conditioning, sigmas: torch.Tensor):
+        import comfy.samplers
+
         guider = comfy.samplers.CFGGuider(self.model)
-        guider.set_conds(cond, uncond)
+        guider.set_conds(to_host(cond), to_host(uncond))
         guider.set_cfg(traj.state["guidance"])
         if torch.is_grad_enabled():
             sampler: Any = _grad_tail_sampler()
         else:
             sampler = comfy.samplers.sampler_object(self.sampler_name)
         noise = traj.state["noise"] if traj.done == 0 else torch.zeros_like(traj.state["noise"])
-        latents = guider.sample(noise, traj.latents, sampler, sigmas, disable_pbar=True, seed=traj.state["seed"])
-        traj.latents, traj.done = latents, traj.done + num_steps
-        return latents
+        return guider.sample(noise, traj.latents, sampler, sigmas, disable_pbar=True, seed=traj.state["seed"])
 
     def decode(self, latents: torch.Tensor, *, checkpoint: bool = False) -> torch.Tensor:
         """With gradient (the training signal): the chosen decoder (TAESD when given); without (previews,

@@ -1,7 +1,7 @@
-"""The pack's socket types and category."""
+"""The pack's socket types and category. Named ...Socket so they never shadow the engine's classes."""
 
 from comfy_api.latest import io
 
 CATEGORY = "Discriminative Class Tokens"
-Classifier = io.Custom("DCT_CLASSIFIER")
-ClassToken = io.Custom("DCT_CLASS_TOKEN")
+ClassifierSocket = io.Custom("DCT_CLASSIFIER")
+ClassTokenSocket = io.Custom("DCT_CLASS_TOKEN")

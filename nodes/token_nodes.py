@@ -8,18 +8,21 @@ from comfy_api.latest import io, ui
 
 from dct_core.errors import DCTError
 from dct_core.tokens import ClassToken as Token
-from dct_core.tokens import load_class_token, sanitize_name, save_class_token
+from dct_core.tokens import load_class_token, sanitize_name, save_class_token, validate_class_token
 
 from . import folders
-from .sockets import CATEGORY, ClassToken
+from .sockets import CATEGORY, ClassTokenSocket
 from .token_registry import clip_with_token, text_models, token_registered, with_trigger
+
+SAVE_HINT = "enable 'overwrite' or change 'name'"
 
 
 def _vectors_for(clip, token: Token) -> dict:
-    """The token's vectors matched to this CLIP's encoders (clear error on an SD1/SD2/SDXL mismatch)."""
+    """The token's vectors matched to this CLIP's encoders (clear error on an SD1/SD2/SDXL mismatch or a broken
+    token: NaN, huge or all-zero vectors)."""
     widths = {key: m.transformer.get_input_embeddings().weight.shape[1] for key, m in text_models(clip).items()}
     try:
-        return token.for_encoders(widths)
+        return validate_class_token(token).for_encoders(widths)
     except DCTError as exc:
         raise ValueError(str(exc)) from exc
 
@@ -40,7 +43,7 @@ class ApplyClassToken(io.ComfyNode):
                         "file needed). Works for SD1, SD2 and SDXL.",
             inputs=[
                 io.Clip.Input("clip", tooltip="The text encoder the token was trained for."),
-                ClassToken.Input("class_token", tooltip="From Train Discriminative Token or Load Class Token."),
+                ClassTokenSocket.Input("class_token", tooltip="From Train Discriminative Token or Load Class Token."),
                 # no dynamic_prompts: the frontend would rewrite a lone {token} to the word "token"
                 io.String.Input("text", default="a photo of {token} tiger cat", multiline=True,
                                 tooltip="The prompt; write {token} or the token's trigger word where it goes."),
@@ -72,7 +75,7 @@ class ClassTokenClip(io.ComfyNode):
                         "downstream. The input CLIP is not changed.",
             inputs=[
                 io.Clip.Input("clip", tooltip="The text encoder the token was trained for."),
-                ClassToken.Input("class_token", tooltip="From Train Discriminative Token or Load Class Token."),
+                ClassTokenSocket.Input("class_token", tooltip="From Train Discriminative Token or Load Class Token."),
             ],
             outputs=[io.Clip.Output("CLIP", display_name="clip")],
         )
@@ -95,7 +98,7 @@ class LoadClassToken(io.ComfyNode):
                         ".safetensors, A1111 .pt, diffusers .bin; pickles are read as plain tensors only.",
             inputs=[io.Combo.Input("token", options=folders.embedding_choices(),
                                    tooltip="A file under models/embeddings.")],
-            outputs=[ClassToken.Output("CLASS_TOKEN", display_name="class token")],
+            outputs=[ClassTokenSocket.Output("CLASS_TOKEN", display_name="class token")],
         )
 
     @classmethod
@@ -137,7 +140,7 @@ class SaveClassToken(io.ComfyNode):
             description="Saves a class token to models/embeddings (atomic write) in a format ComfyUI, "
                         "A1111/Forge and diffusers all load.",
             inputs=[
-                ClassToken.Input("class_token", tooltip="The token to save."),
+                ClassTokenSocket.Input("class_token", tooltip="The token to save."),
                 io.String.Input("name", default="class-token",
                                 tooltip="File name; use embedding:<name> in prompts."),
                 io.Combo.Input("format", options=[".safetensors", ".pt"], default=".safetensors",
@@ -154,7 +157,7 @@ class SaveClassToken(io.ComfyNode):
             stem = sanitize_name(name)
             path = folders.embeddings_dir() / f"{stem}{format}"
             token = Token(class_token.vectors, name=stem, metadata=dict(class_token.metadata))
-            saved = save_class_token(token, path, overwrite=overwrite)
+            saved = save_class_token(token, path, overwrite=overwrite, overwrite_hint=SAVE_HINT)
         except DCTError as exc:
             raise ValueError(str(exc)) from exc
         return io.NodeOutput(ui=ui.PreviewText(f"saved {saved.name}; use embedding:{stem}"))

@@ -3,25 +3,23 @@ and a clean Cancel; the token is saved atomically to models/embeddings."""
 
 from __future__ import annotations
 
-import torch
 from comfy_api.latest import io, ui
 
-from dct_core.config import PAPER_TEMPLATES, SamplingConfig, TrainConfig
+from dct_core.config import DEFAULT_PRESET, SamplingConfig, TrainConfig, preset_config
 from dct_core.errors import DCTError
-from dct_core.generation import generate_images
 from dct_core.images import make_grid
 from dct_core.plot import training_plot
-from dct_core.prompts import fill_label, strip_token
-from dct_core.tokens import sanitize_name, save_class_token, token_path
-from dct_core.training import train_class_token
+from dct_core.run import TrainJob, before_after, run_training
+from dct_core.tokens import check_save_target, sanitize_name, token_path
 
 from . import folders
 from .comfy_backend import ComfyBackend
 from .host_autograd import autograd_enabled, out_of_place_clip, trainable_weights
 from .images import captioned, pil_to_host_image
-from .sockets import CATEGORY, Classifier, ClassToken
+from .sockets import CATEGORY, ClassifierSocket, ClassTokenSocket
 
 CHECKPOINT_VAE = "checkpoint VAE"
+OVERWRITE_HINT = "enable 'overwrite' or change save_name"
 PROGRESS_EVENT = "dct.train.progress"
 
 
@@ -57,7 +55,7 @@ class TrainClassToken(io.ComfyNode):
                 io.Model.Input("model", tooltip="The diffusion model to train the token for (SD1.x, SD2.x, SDXL)."),
                 io.Clip.Input("clip", tooltip="Its text encoder; the token gets one vector per encoder."),
                 io.Vae.Input("vae", tooltip="Decodes the generated latents for the classifier."),
-                Classifier.Input("classifier", tooltip="The teacher, from Load Classifier (DCT)."),
+                ClassifierSocket.Input("classifier", tooltip="The teacher, from Load Classifier (DCT)."),
                 io.String.Input("target_class", default="tiger cat",
                                 tooltip="The class to steer toward: a label name (any synonym, any case) or an "
                                         "index. A miss lists close names."),
@@ -109,7 +107,7 @@ class TrainClassToken(io.ComfyNode):
                                          "fixed seeds). The token then fits no particular images."),
             ],
             outputs=[
-                ClassToken.Output("CLASS_TOKEN", display_name="class token"),
+                ClassTokenSocket.Output("CLASS_TOKEN", display_name="class token"),
                 io.Image.Output("PLOT", display_name="loss / accuracy"),
                 io.Image.Output("BEFORE_AFTER", display_name="before / after"),
             ],
@@ -126,18 +124,18 @@ class TrainClassToken(io.ComfyNode):
 
         try:
             target = classifier.class_index(target_class)
-            lines = tuple(t.strip() for t in templates.splitlines() if t.strip()) or PAPER_TEMPLATES
-            config = TrainConfig(
-                templates=lines, init_word=init_word.strip() or "a", batch_size=batch_size,
+            lines = tuple(t.strip() for t in templates.splitlines() if t.strip()) or None
+            config = preset_config(
+                DEFAULT_PRESET, templates=lines, init_word=init_word.strip() or None, batch_size=batch_size,
                 micro_batch=micro_batch or None, seed=seed, fresh_seeds=bool(fresh_seeds), lr=learning_rate,
-                max_steps=steps,
-                accuracy_threshold=accuracy_threshold, patience=patience, backprop_depth=backprop_depth,
+                max_steps=steps, accuracy_threshold=accuracy_threshold, patience=patience,
+                backprop_depth=backprop_depth,
                 sampling=SamplingConfig(resolution=resolution, steps=sampling_steps, guidance=cfg),
             )
-            config.validate()
             name = sanitize_name(save_name) if save_name.strip() else None
-            if name and not overwrite and token_path(folders.embeddings_dir(), name).exists():
-                raise DCTError(f"models/embeddings/{name}.safetensors exists; enable overwrite or change save_name.")
+            out = token_path(folders.embeddings_dir(), name) if name else None
+            if out is not None:
+                out = check_save_target(out, overwrite=overwrite, overwrite_hint=OVERWRITE_HINT)
         except DCTError as exc:
             raise ValueError(str(exc)) from exc
         label = classifier.class_name(target)
@@ -158,23 +156,19 @@ class TrainClassToken(io.ComfyNode):
         with autograd_enabled(), out_of_place_clip(), trainable_weights([classifier.module]):
             backend = ComfyBackend(model, clip, vae, sampler_name=sampler_name, scheduler=scheduler,
                                    decoder=_load_decoder(decoder, model))
-            meta = {"class_index": str(target), "class_label": label, "classifier": classifier.name,
-                    "base_model": type(model.model).__name__, "templates": "\n".join(config.templates),
-                    "trigger": name or "class-token"}
-            result = train_class_token(backend, classifier, target, label, config, name=name or "class-token",
-                                       on_step=on_step, should_cancel=mm.processing_interrupted, metadata=meta)
-            if result.history:
-                result.token.metadata["trained_steps"] = str(len(result.history))
-            saved = save_class_token(result.token, token_path(folders.embeddings_dir(), name),
-                                     overwrite=overwrite) if name and result.history else None
+            job = TrainJob(backend, classifier, target, config, name=name or "class-token", out=out,
+                           overwrite=overwrite, overwrite_hint=OVERWRITE_HINT, recipe=DEFAULT_PRESET,
+                           base_model=type(model.model).__name__, sampler=f"{sampler_name}/{scheduler}")
+            outcome = run_training(job, on_step=on_step, should_cancel=mm.processing_interrupted)
+            result = outcome.result
+            if outcome.save_error is not None:
+                raise RuntimeError(outcome.save_error)
             if result.stopped == "cancelled":
                 mm.throw_exception_if_processing_interrupted()  # hand the Cancel back to the host
             vectors = {k: v.to(backend.device) for k, v in result.token.vectors.items()}
-            prompts = [fill_label(config.templates[0], label)] * min(batch_size, 4)
-            seeds = list(range(seed, seed + len(prompts)))
-            with torch.no_grad():
-                before = generate_images(backend, [strip_token(p) for p in prompts], seeds, config.sampling)
-                after = generate_images(backend, prompts, seeds, config.sampling, vectors)
+            seeds = list(range(seed, seed + min(batch_size, 4)))
+            before, after = before_after(backend, vectors, config.templates, label, seeds, config.sampling)
+        saved = outcome.path
         plot = training_plot([r.loss for r in result.history], [r.accuracy for r in result.history])
         best = result.best
         summary = (f"{label} ({target}): stopped by {result.stopped} after {len(result.history)} steps; best step "

@@ -76,7 +76,7 @@ def test_user_mistakes_are_one_line_errors_without_traceback(files, capsys):
     assert main(["train", "--model", str(root / "nope"), *clf, "--class", "1", "--out", str(root / "y"), *GEN]) == 2
     assert "error" in capsys.readouterr().err
     wide = root / "wide.safetensors"
-    save_file({"emb_params": torch.zeros(1, 768)}, str(wide))
+    save_file({"emb_params": torch.full((1, 768), 0.01)}, str(wide))
     assert main(["generate", "--model", str(root / "model"), "--token", str(wide), "--prompt", "a {token} cat",
                  "--seeds", "0", "--out", str(root / "g2"), *GEN]) == 2
     assert "need (clip_l: 32)" in capsys.readouterr().err

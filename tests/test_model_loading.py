@@ -523,3 +523,25 @@ def test_code_carrying_pickle_is_refused_unrun(tmp_path, layout):
     # The payload is live: an unrestricted unpickle would have run it.
     pickle.loads(pickle.dumps(_Payload(tmp_path / "control")))
     assert (tmp_path / "control").exists()
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_a_truncated_ckpt_is_damaged_not_code(tmp_path, legacy):
+    state = {"state_dict": {"model.diffusion_model.input_blocks.0.0.weight": torch.ones(8, 4, 3, 3)}}
+    torch.save(state, tmp_path / "full.ckpt", _use_new_zipfile_serialization=not legacy)
+    data = (tmp_path / "full.ckpt").read_bytes()
+    (tmp_path / "cut.ckpt").write_bytes(data[: len(data) // 3])  # legacy: torch says "Unsupported global"
+    with pytest.raises(DCTError, match=r"^cut\.ckpt is not a readable checkpoint: damaged or truncated") as caught:
+        read_checkpoint_shapes(tmp_path / "cut.ckpt")
+    assert "code" not in str(caught.value)
+
+
+def test_checkpoint_folder_missing_file_and_non_dict_are_told_apart(tmp_path):
+    (tmp_path / "dir.ckpt").mkdir()
+    with pytest.raises(DCTError, match=r"^dir\.ckpt is a folder, not a file"):
+        read_checkpoint_shapes(tmp_path / "dir.ckpt")
+    with pytest.raises(DCTError, match=r"^checkpoint nope\.ckpt does not exist"):
+        read_checkpoint_shapes(tmp_path / "nope.ckpt")
+    torch.save([torch.ones(2)], tmp_path / "list.ckpt")
+    with pytest.raises(DCTError, match=r"^list\.ckpt holds a list, not a dict of tensors"):
+        read_checkpoint_shapes(tmp_path / "list.ckpt")

@@ -9,7 +9,7 @@ import torch
 from ..errors import DCTError
 from .base import ImageClassifier
 from .hf_source import preprocess_from_folder
-from .labels import display_name, imagenet_labels, read_labels
+from .labels import display_name, imagenet_labels, labels_from
 from .preprocess import Preprocess
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -40,7 +40,7 @@ class ZeroShotLogits(torch.nn.Module):
 
 
 def _label_names(labels) -> list[str]:
-    return imagenet_labels() if labels is None else labels if isinstance(labels, list) else read_labels(labels)
+    return imagenet_labels() if labels is None else labels_from(labels)
 
 
 class OpenCLIPZeroShot(ZeroShotLogits):

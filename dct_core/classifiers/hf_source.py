@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from ..errors import DCTError
 from .base import ImageClassifier
-from .labels import read_labels
+from .labels import check_label_count, labels_from, names_from_json
 from .preprocess import Preprocess
+from .text_files import read_json_object
 
 _RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}  # PIL codes used by image processors
 
@@ -18,7 +18,7 @@ _RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}  # PIL codes used by ima
 def preprocess_from_folder(folder: Path, default_size: int = 224, default_mean=(0.5,) * 3, default_std=(0.5,) * 3):
     """The image processor's own settings (preprocessor_config.json), as a differentiable Preprocess."""
     path = folder / "preprocessor_config.json"
-    cfg = json.loads(path.read_text()) if path.is_file() else {}
+    cfg = read_json_object(path, "image processor config") if path.exists() else {}
     size = cfg.get("size", default_size)
     crop = cfg.get("crop_size")
     if isinstance(size, dict) and "shortest_edge" in size:
@@ -68,14 +68,10 @@ def load_hf_classifier(folder: str | Path, labels=None, *, pooling: str = "cls",
         raise DCTError(f"{folder} is not a loadable transformers image classifier: {str(exc).splitlines()[0]}") from exc
     config = model.config
     if labels is not None:
-        names = labels if isinstance(labels, list) else read_labels(labels)
+        names = labels_from(labels)
     else:
-        names = [config.id2label[i] for i in range(config.num_labels)]
-    if len(names) != config.num_labels:
-        raise DCTError(
-            f"the labels list has {len(names)} names but the classifier {folder.name!r} outputs "
-            f"{config.num_labels} classes; give one name per class, in class-index order."
-        )
+        names = names_from_json(config.id2label, f"id2label in {folder / 'config.json'}")
+    check_label_count(names, config.num_labels, folder.name)
     if multi_label is None:
         multi_label = getattr(config, "problem_type", None) == "multi_label_classification"
     size = getattr(config, "image_size", 224)

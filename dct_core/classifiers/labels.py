@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import difflib
-import json
 from pathlib import Path
+from typing import Any
 
 from ..errors import DCTError
+from .text_files import json_kind, read_json, read_text
 
 
 def imagenet_labels() -> list[str]:
@@ -19,16 +20,68 @@ def imagenet_labels() -> list[str]:
 
 def read_labels(path: str | Path) -> list[str]:
     """One label per line (.txt), or a JSON list, or a JSON {index: name} mapping."""
-    path = Path(path)
-    if not path.is_file():
-        raise DCTError(f"labels file {path} does not exist.")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".json":
-        data = json.loads(text)
-        if isinstance(data, dict):
-            return [str(data[k]) for k in sorted(data, key=lambda k: int(k))]
-        return [str(x) for x in data]
+    if Path(path).suffix == ".json":
+        return names_from_json(read_json(path, "labels file"), f"labels file {path}")
+    text = read_text(path, "labels file")
     return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def labels_from(labels: str | Path | list[str]) -> list[str]:
+    """Labels given as a list, or the path of a labels file."""
+    return labels if isinstance(labels, list) else read_labels(labels)
+
+
+def names_from_json(data: Any, source: str) -> list[str]:
+    """Class names from parsed JSON: a list in class order, or {index: name} covering every index 0..N-1."""
+    if isinstance(data, list):
+        return [_name(value, f"entry {i}", source) for i, value in enumerate(data)]
+    if isinstance(data, dict):
+        return _names_by_index(data, source)
+    raise DCTError(f"{source} holds {json_kind(data)}; expected a list of names or an {{index: name}} object.")
+
+
+def _name(value: Any, where: str, source: str) -> str:
+    if isinstance(value, str) or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+        return str(value)
+    raise DCTError(f"{where} of {source} is {json_kind(value)}, not a class name (a string).")
+
+
+def _index(key: Any, source: str) -> int:
+    try:
+        index = int(key)
+    except (TypeError, ValueError):
+        index = -1
+    if index < 0:
+        raise DCTError(f"key {key!r} of {source} is not a class index (0, 1, 2, ...).")
+    return index
+
+
+def _names_by_index(data: dict, source: str) -> list[str]:
+    names: dict[int, str] = {}
+    for key, value in data.items():
+        index = _index(key, source)
+        if index in names:
+            raise DCTError(f"{source} names class index {index} twice.")
+        names[index] = _name(value, f"the name for {key!r}", source)
+    # Refuse gaps rather than renumber: class i must keep index i, which the classifier's outputs use.
+    missing = [i for i in range(max(names, default=-1) + 1) if i not in names]
+    if missing:
+        shown = ", ".join(map(str, missing[:10])) + (", ..." if len(missing) > 10 else "")
+        raise DCTError(
+            f"{source} has no name for class index {shown} (its keys go up to {max(names)}); "
+            "give one name for every index from 0, in the classifier's class order."
+        )
+    return [names[i] for i in range(len(names))]
+
+
+def check_label_count(names: list[str], num_classes: int, model_name: str) -> list[str]:
+    """``names``, if there is one per output of the classifier."""
+    if len(names) != num_classes:
+        raise DCTError(
+            f"the labels list has {len(names)} names but the classifier {model_name!r} outputs {num_classes} "
+            "classes; give one name per class, in class-index order."
+        )
+    return names
 
 
 def synonyms(label: str) -> list[str]:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -11,8 +10,9 @@ import torch
 
 from ..errors import DCTError
 from .base import ImageClassifier
-from .labels import imagenet_labels, read_labels
+from .labels import check_label_count, imagenet_labels, labels_from, names_from_json
 from .preprocess import Preprocess
+from .text_files import read_model_config
 from .weights import read_state_dict
 
 
@@ -46,22 +46,15 @@ def _load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source
 def resolve_names(labels, num_classes: int, fallback: list[str] | None, model_name: str) -> list[str]:
     """Explicit labels (list or file), else the checkpoint's own names, else ImageNet for 1000 classes, else
     numbered classes; the count must match the classifier's outputs."""
-    if isinstance(labels, list):
-        names = labels
-    elif labels is not None:
-        names = read_labels(labels)
+    if labels is not None:
+        names = labels_from(labels)
     elif fallback:
         names = fallback
     elif num_classes == 1000:
         names = imagenet_labels()
     else:
         names = [f"class {i}" for i in range(num_classes)]
-    if len(names) != num_classes:
-        raise DCTError(
-            f"the labels list has {len(names)} names but the classifier {model_name!r} outputs {num_classes} "
-            "classes; give a labels file with one name per class, in class-index order."
-        )
-    return names
+    return check_label_count(names, num_classes, model_name)
 
 
 def load_timm_classifier(
@@ -88,21 +81,22 @@ def load_timm_classifier(
 
 
 def folder_num_classes(cfg: dict) -> int:
-    return cfg.get("num_classes", cfg.get("pretrained_cfg", {}).get("num_classes", 1000))
+    count = cfg.get("num_classes", cfg.get("pretrained_cfg", {}).get("num_classes", 1000))
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        raise DCTError(f"'num_classes' in config.json must be a positive whole number, not {count!r}.")
+    return count
 
 
 def folder_label_names(cfg: dict) -> list[str] | None:
     """Label names a timm hub config carries; descriptions ("tabby, tabby cat") resolve better than ids."""
     names = cfg.get("label_names") or cfg.get("pretrained_cfg", {}).get("label_names")
+    if not names:
+        return None
+    names = names_from_json(names, "label_names in config.json")
     descriptions = cfg.get("label_descriptions")
-    if names and isinstance(descriptions, dict):
-        names = [descriptions.get(n, n) for n in names]
-    return list(names) if names else None
-
-
-def is_timm_folder(folder: Path) -> bool:
-    config = folder / "config.json"
-    return config.is_file() and "architecture" in json.loads(config.read_text())
+    if isinstance(descriptions, dict):
+        names = [str(descriptions.get(n, n)) for n in names]
+    return names
 
 
 def load_timm_folder(folder: str | Path, labels=None, *, multi_label: bool = False) -> ImageClassifier:
@@ -111,18 +105,18 @@ def load_timm_folder(folder: str | Path, labels=None, *, multi_label: bool = Fal
     import timm
 
     folder = Path(folder)
-    cfg = json.loads((folder / "config.json").read_text())
+    cfg = read_model_config(folder)
     arch = cfg["architecture"]
     _check_name(arch)
+    num_classes = folder_num_classes(cfg)
+    names = resolve_names(labels, num_classes, folder_label_names(cfg), arch)  # cheap checks before the weights
     weights = next((folder / n for n in ("model.safetensors", "pytorch_model.bin") if (folder / n).is_file()), None)
     if weights is None:
         raise DCTError(f"{folder} has a timm config.json but no model.safetensors or pytorch_model.bin.")
-    pretrained_cfg = cfg.get("pretrained_cfg", {})
-    num_classes = folder_num_classes(cfg)
     model_args = {**cfg.get("model_args", {}), "num_classes": num_classes}
-    model = timm.create_model(arch, pretrained=False, pretrained_cfg_overlay=pretrained_cfg, **model_args)
+    model = timm.create_model(arch, pretrained=False, pretrained_cfg_overlay=cfg.get("pretrained_cfg", {}),
+                              **model_args)
     _load_weights(model, read_state_dict(weights), str(weights), arch)
-    names = resolve_names(labels, num_classes, folder_label_names(cfg), arch)
     model.eval().requires_grad_(False)
     return ImageClassifier(model, names, Preprocess.from_timm(model), name=f"timm:{folder.name}",
                            multi_label=multi_label)

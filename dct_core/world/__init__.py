@@ -13,6 +13,7 @@ import torch
 
 from ..config import SamplingConfig
 from ..errors import DCTError
+from ..registry import ClassifierSource, NamedModel, register_classifier_source, register_model
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 MODEL_NAME = "world"  # what --model names it
@@ -48,3 +49,8 @@ def load_world_classifier(role: str, folder: str | Path | None = None):
     classifier = load_timm_folder(_require(Path(folder or WEIGHTS_DIR) / role))
     classifier.name = f"world:{role}"
     return classifier
+
+
+register_model(NamedModel(MODEL_NAME, load_world_backend, SAMPLING, "the built-in demo world, 32 px"))
+register_classifier_source(ClassifierSource("world", load_world_classifier,
+                                            "the demo world's classifiers: world:guide, world:held-out"))

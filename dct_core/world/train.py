@@ -108,9 +108,9 @@ def train_diffusion(out: Path, *, steps: int, batch: int, lr: float, seed: int, 
 def record_baseline(folder: Path, num_images: int = 32) -> dict:
     """Top-1/top-5 of the demo classes without a token (the demo's prompts and first fresh seeds), under both
     classifiers: the committed weights must reproduce these numbers."""
-    from ..demo import DEMO_CLASSES, DEMO_TEMPLATES, EVAL_FIRST_SEED
     from ..evaluation import WITHOUT, compare_with_token
     from . import SAMPLING, load_world_backend, load_world_classifier
+    from .facts import DEMO_CLASSES, DEMO_TEMPLATES, EVAL_FIRST_SEED
 
     backend = load_world_backend(folder=folder)
     judges = {c.name: c for c in (load_world_classifier(role, folder) for role in ("guide", "held-out"))}

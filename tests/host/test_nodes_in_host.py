@@ -258,7 +258,7 @@ def test_load_class_token_rereads_a_retrained_file_and_names_it_after_the_file(h
 
     load = _node(host, "token_nodes", "LoadClassToken")
     path = host["models"] / "embeddings" / "renamed-file.safetensors"
-    save_class_token(ClassToken({"clip_l": torch.zeros(1, 768)}, name="original-name"), path, overwrite=True)
+    save_class_token(ClassToken({"clip_l": torch.full((1, 768), 0.5)}, name="original-name"), path, overwrite=True)
     first = load.fingerprint_inputs(token="renamed-file.safetensors")
     token = _run(load, token="renamed-file.safetensors").result[0]
     assert token.name == "renamed-file"  # the trigger is the file name, as embedding:<name> in every host

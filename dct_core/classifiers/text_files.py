@@ -1,0 +1,72 @@
+"""Reading the small text files around a classifier (labels, sidecars, configs) with one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..errors import DCTError
+
+
+def existing_file(path: str | Path, what: str) -> Path:
+    """``path`` as a Path, or a DCTError saying it is missing or a folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise DCTError(f"{what} {path} is a folder, not a file.")
+    if not path.is_file():
+        raise DCTError(f"{what} {path} does not exist.")
+    return path
+
+
+def read_text(path: str | Path, what: str) -> str:
+    path = existing_file(path, what)
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DCTError(f"{what} {path} is not UTF-8 text (a binary file?); byte {exc.start} cannot be read.") from exc
+
+
+def read_json(path: str | Path, what: str) -> Any:
+    text = read_text(path, what)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DCTError(f"{what} {path} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}.") from exc
+
+
+def json_kind(value: Any) -> str:
+    """How JSON would call ``value``, for messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    kinds = {str: "a string", int: "a number", float: "a number", list: "a list", dict: "an object"}
+    return kinds.get(type(value), type(value).__name__)
+
+
+def read_json_object(path: str | Path, what: str) -> dict[str, Any]:
+    data = read_json(path, what)
+    if not isinstance(data, dict):
+        raise DCTError(f"{what} {path} holds {json_kind(data)}; it must be a JSON object {{\"key\": value, ...}}.")
+    return data
+
+
+def read_model_config(folder: str | Path) -> dict[str, Any]:
+    """A model folder's config.json."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise DCTError(f"{folder} has no config.json; it is not a timm or transformers model folder.")
+    return read_json_object(folder / "config.json", "model config")
+
+
+def folder_kind(folder: str | Path) -> tuple[str, dict[str, Any]]:
+    """What a model folder holds, 'timm', 'clip' or 'transformers', from its config.json (returned too)."""
+    cfg = read_model_config(folder)
+    if "architecture" in cfg:
+        if not isinstance(cfg["architecture"], str) or not cfg["architecture"]:
+            raise DCTError(f"'architecture' in {Path(folder) / 'config.json'} must be a timm architecture name.")
+        return "timm", cfg
+    if cfg.get("model_type") == "clip":
+        return "clip", cfg
+    return "transformers", cfg
