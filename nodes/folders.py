@@ -43,8 +43,7 @@ def _warn_outside(name: str) -> None:
     if name not in _warned and len(_warned) < 1000:
         _warned.add(name)
         log.warning("DCT: models/classifiers entry %r links outside the classifiers folders; not offered. "
-                        "Add its folder to extra_model_paths.yaml (classifiers:) instead of linking it.", name)
-
+                    "Add its folder to extra_model_paths.yaml (classifiers:) instead of linking it.", name)
 
 
 def _served(name: str, roots: list[str]) -> str | None:

@@ -14,11 +14,12 @@ head width it decides.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 
 from safetensors import SafetensorError
@@ -191,10 +192,22 @@ def labels_payload(params: dict) -> dict:
         raise RouteError(404, str(exc)) from exc
     source = f"labels file {labels_name!r}" if labels_name else f"classifier {choice!r}"
     names = _read_names(path, kind, architecture, labels_path, source)
-    matched = [(i, n) for i, n in enumerate(names)
-               if not query or query in n.lower() or query == str(i)]
+    matched = _matches(names, query)
     return {"total": len(names), "matched": len(matched),
-            "labels": [{"index": i, "name": n, "synonyms": synonyms(n)} for i, n in matched[:limit]]}
+            "labels": [{"index": i, "name": names[i], "synonyms": synonyms(names[i])} for i in matched[:limit]]}
+
+
+def _matches(names: tuple[str, ...], query: str) -> Sequence[int]:
+    """Indices of the names containing ``query`` (lowercase), or whose index it is; all of them for no query."""
+    if not query:
+        return range(len(names))
+    found = [i for i, n in enumerate(names) if query in n.lower()]
+    if query.isascii() and query.isdigit() and str(int(query)) == query and int(query) < len(names):
+        index = int(query)
+        at = bisect.bisect_left(found, index)
+        if at == len(found) or found[at] != index:
+            found.insert(at, index)
+    return found
 
 
 async def labels_handler(request):

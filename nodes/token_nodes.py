@@ -7,8 +7,7 @@ import re
 from comfy_api.latest import io, ui
 
 from dct_core.errors import DCTError
-from dct_core.tokens import ClassToken as Token
-from dct_core.tokens import load_class_token, sanitize_name, save_class_token, validate_class_token
+from dct_core.tokens import ClassToken, load_class_token, sanitize_name, save_class_token, validate_class_token
 
 from . import folders
 from .sockets import CATEGORY, ClassTokenSocket
@@ -17,7 +16,7 @@ from .token_registry import clip_with_token, text_models, token_registered, with
 SAVE_HINT = "enable 'overwrite' or change 'name'"
 
 
-def _vectors_for(clip, token: Token) -> dict:
+def _vectors_for(clip, token: ClassToken) -> dict:
     """The token's vectors matched to this CLIP's encoders (clear error on an SD1/SD2/SDXL mismatch or a broken
     token: NaN, huge or all-zero vectors)."""
     widths = {key: m.transformer.get_input_embeddings().weight.shape[1] for key, m in text_models(clip).items()}
@@ -156,7 +155,7 @@ class SaveClassToken(io.ComfyNode):
         try:
             stem = sanitize_name(name)
             path = folders.embeddings_dir() / f"{stem}{format}"
-            token = Token(class_token.vectors, name=stem, metadata=dict(class_token.metadata))
+            token = ClassToken(class_token.vectors, name=stem, metadata=dict(class_token.metadata))
             saved = save_class_token(token, path, overwrite=overwrite, overwrite_hint=SAVE_HINT)
         except DCTError as exc:
             raise ValueError(str(exc)) from exc

@@ -83,7 +83,11 @@ def test_training_in_the_host_learns_saves_and_leaves_the_host_as_found(host, lo
     assert isinstance(token, ClassToken) and token.widths() == {"clip_l": 768}
     assert plot.shape[0] == 1 and plot.shape[-1] == 3 and grid.shape[-1] == 3
     saved = host["models"] / "embeddings" / "tiger-cat-host.safetensors"
-    assert load_class_token(saved).metadata["class_label"] == "tiger cat"
+    meta = load_class_token(saved).metadata
+    assert meta["class_label"] == "tiger cat"
+    from dct_core.run import METADATA_KEYS  # the node writes the same schema as the CLI and the demo
+
+    assert set(METADATA_KEYS) <= set(meta) and meta["sampler"] == "euler/normal" and meta["recipe"] == "paper"
 
     # the host is exactly as before: weights, the CLIP layer code, the tokenizer, and the images it draws
     after = _fingerprint(model, clip, vae)
@@ -93,31 +97,28 @@ def test_training_in_the_host_learns_saves_and_leaves_the_host_as_found(host, lo
     assert torch.equal(_stock_image(host, model, clip, vae), image_before)
 
 
-def test_training_raises_the_target_probability_on_the_training_seeds(host, loaded, classifier):
+def test_training_raises_the_target_probability_on_the_training_seeds(host, loaded, classifier, monkeypatch):
+    import dct_core.run as run_mod
     from dct_core.training import train_class_token
 
     records = []
     train_mod = pytest.importorskip("dct_pack.nodes.train_node")
-    original = train_mod.train_class_token
 
     def spy(*args, **kwargs):
-        result = original(*args, **kwargs)
+        result = train_class_token(*args, **kwargs)
         records.extend(result.history)
         return result
 
-    train_mod.train_class_token = spy
-    try:
-        model, clip, vae = loaded
-        _run(train_mod.TrainClassToken, **_train_inputs(model, clip, vae, classifier, steps=8, save_name=""))
-    finally:
-        train_mod.train_class_token = original
-    assert original is train_class_token
+    monkeypatch.setattr(run_mod, "train_class_token", spy)  # the node trains through the shared run layer
+    model, clip, vae = loaded
+    _run(train_mod.TrainClassToken, **_train_inputs(model, clip, vae, classifier, steps=8, save_name=""))
     first, best = records[0], max(records, key=lambda r: r.target_prob)
     assert best.target_prob > 1.5 * first.target_prob
     assert max(r.accuracy for r in records) >= first.accuracy
 
 
-def test_fresh_seeds_reach_the_engine(host, loaded, classifier):
+def test_fresh_seeds_reach_the_engine(host, loaded, classifier, monkeypatch):
+    import dct_core.run as run_mod
     from dct_core.training import train_class_token
 
     train_mod = pytest.importorskip("dct_pack.nodes.train_node")
@@ -127,15 +128,12 @@ def test_fresh_seeds_reach_the_engine(host, loaded, classifier):
         configs.append(args[4])
         return train_class_token(*args, **kwargs)
 
-    train_mod.train_class_token = spy
-    try:
-        model, clip, vae = loaded
-        for fresh in (True, None):  # None: a workflow saved before the input existed
-            over = {"fresh_seeds": fresh} if fresh is not None else {}
-            _run(train_mod.TrainClassToken, **_train_inputs(model, clip, vae, classifier, steps=1, save_name="",
-                                                            **over))
-    finally:
-        train_mod.train_class_token = train_class_token
+    monkeypatch.setattr(run_mod, "train_class_token", spy)
+    model, clip, vae = loaded
+    for fresh in (True, None):  # None: a workflow saved before the input existed
+        over = {"fresh_seeds": fresh} if fresh is not None else {}
+        _run(train_mod.TrainClassToken, **_train_inputs(model, clip, vae, classifier, steps=1, save_name="",
+                                                        **over))
     assert [c.fresh_seeds for c in configs] == [True, False]
 
 
@@ -303,3 +301,57 @@ def test_adaptive_class_guidance_patch_in_a_stock_ksampler(host, loaded, classif
     assert prob(steered) > prob(plain)
     assert torch.equal(pos[0][0], pos_before)  # the user's CONDITIONING is never mutated
     assert model.model_options.get("transformer_options", {}).get("wrappers", {}).get("predict_noise") is None
+
+
+def test_the_node_date_step_is_the_engines_and_moves_each_image_by_rho(host, loaded, classifier, monkeypatch):
+    """The node calls dct_core.adaptive.date_update (per-image norm), not an update of its own."""
+    import nodes as host_nodes
+
+    adaptive_node = _node(host, "adaptive_node", "AdaptiveClassGuidance")
+    module = __import__("dct_pack.nodes.adaptive_node", fromlist=["date_update"])
+    from dct_core.adaptive import date_update
+
+    moves = []
+
+    def spy(value, grad, rho, **kw):
+        out = date_update(value, grad, rho, **kw)
+        moves.append((out - value.detach()).float().flatten(1).norm(dim=1))
+        return out
+
+    monkeypatch.setattr(module, "date_update", spy)
+    model, clip, vae = loaded
+    patched = _run(adaptive_node, model=model, vae=vae, classifier=classifier, target_class="tiger cat", rho=0.3,
+                   every=1, start=0.0, end=0.4, updates_per_step=1, reset=True, prior=0.0, score="log_prob")
+    with torch.inference_mode():
+        pos = host_nodes.CLIPTextEncode().encode(clip, "a photo of a tiger cat")[0]
+        neg = host_nodes.CLIPTextEncode().encode(clip, "")[0]
+        latent = host_nodes.EmptyLatentImage().generate(64, 64, 2)[0]  # two images, one prompt
+        host_nodes.common_ksampler(patched.result[0], 1, 3, 7.0, "euler", "normal", pos, neg, latent)
+    assert moves, "the node never called the engine's date_update"
+    for move in moves:
+        assert move.shape == (2,)  # one embedding per image, each moved by rho
+        torch.testing.assert_close(move, torch.full((2,), 0.3), rtol=1e-3, atol=1e-3)
+
+
+def test_the_engines_adaptive_sampling_runs_on_the_host_backend(host, loaded, classifier):
+    """ComfyBackend fulfils the whole Backend contract, predict_x0 included: DATE from the engine on the host."""
+    from dct_core.adaptive import AdaptiveConfig, adaptive_generate, class_score
+    from dct_core.config import SamplingConfig
+    from dct_core.generation import generate_images
+
+    backend_cls = _node(host, "comfy_backend", "ComfyBackend")
+    autograd = _node(host, "host_autograd", "autograd_enabled")
+    out_of_place = _node(host, "host_autograd", "out_of_place_clip")
+    model, clip, vae = loaded
+    sampling = SamplingConfig(resolution=64, steps=3, guidance=7.0)
+    target = classifier.class_index("tiger cat")
+    with torch.inference_mode(), autograd(), out_of_place():
+        backend = backend_cls(model, clip, vae)
+        prompts, seeds = ["a photo of a tiger cat"] * 2, [5, 6]
+        plain = generate_images(backend, prompts, seeds, sampling)
+        same = adaptive_generate(backend, prompts, seeds, sampling, class_score(classifier, target),
+                                 AdaptiveConfig(rho=0.0))
+        steered = adaptive_generate(backend, prompts, seeds, sampling, class_score(classifier, target),
+                                    AdaptiveConfig(rho=0.5, steps=(0, 1)))
+    torch.testing.assert_close(same, plain, rtol=0, atol=1e-4)  # step by step through the host sampler
+    assert (steered - plain).abs().max() > 1e-3  # ten times what stepping alone changes

@@ -284,3 +284,17 @@ def test_names_cache_bounds_entries_and_names(dct):
     assert cache.keys() == [4, "big"]  # 10 names at most
     cache.get("huge", lambda: ["z"] * 50)
     assert cache.keys() == ["huge"]  # the newest is kept whatever its size
+
+
+def test_query_matches_names_or_an_index_in_order(dct):
+    (dct.root / "many.txt").write_text("\n".join(["cat", "dog"] + [f"bird {i}" for i in range(2, 14)]) + "\n")
+    status, body = get(dct, classifier="tiny.safetensors", labels="many.txt", q="cat 1")
+    assert status == 200 and body["matched"] == 0
+    status, body = get(dct, classifier="tiny.safetensors", labels="many.txt", q="01")
+    assert status == 200 and body["matched"] == 0  # not index 1
+    status, body = get(dct, classifier="tiny.safetensors", labels="many.txt", q="3")
+    assert [x["index"] for x in body["labels"]] == [3, 13]  # index 3 ("bird 3") and "bird 13"
+    status, body = get(dct, classifier="tiny.safetensors", labels="many.txt", q="1", limit=2)
+    assert body["matched"] == 5 and [x["index"] for x in body["labels"]] == [1, 10]  # index 1 first
+    status, body = get(dct, classifier="tiny.safetensors", labels="many.txt", limit=3)
+    assert body["total"] == body["matched"] == 14 and [x["name"] for x in body["labels"]] == ["cat", "dog", "bird 2"]

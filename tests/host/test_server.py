@@ -65,19 +65,27 @@ def test_an_unknown_class_is_a_clear_node_error(server):
     assert "no class named 'tigre cat'" in message and "'tiger cat' (1)" in message
 
 
-def test_labels_route_lists_filters_and_refuses_bad_input(server):
+def _labels(server, **params) -> tuple[int, dict]:
     import json
     import urllib.error
     import urllib.parse
     import urllib.request
 
-    def get(**params):
-        url = f"{server.url}/dct/labels?{urllib.parse.urlencode(params)}"
+    url = f"{server.url}/dct/labels?{urllib.parse.urlencode(params)}"
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        body = exc.read()
         try:
-            with urllib.request.urlopen(url, timeout=30) as r:
-                return r.status, json.loads(r.read())
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read())
+            return exc.code, json.loads(body)
+        except ValueError:
+            return exc.code, {"not json": body.decode(errors="replace")}
+
+
+def test_labels_route_lists_filters_and_refuses_bad_input(server):
+    def get(**params):
+        return _labels(server, **params)
 
     status, body = get(classifier="tiny-resnet.safetensors", timm_architecture="test_resnet",
                        labels="tiny-labels.txt", q="tiger")
@@ -91,3 +99,43 @@ def test_labels_route_lists_filters_and_refuses_bad_input(server):
     assert get(classifier="tiny-resnet.safetensors", limit="100000")[0] == 413
     status, body = get(classifier="x" * 5000)
     assert status == 413 and "error" in body
+
+
+def test_labels_route_answers_400_for_bad_files_and_serves_nothing_linked_outside(server, tmp_path):
+    """Over the real server: unreadable files are JSON 400s with one line (no traceback, no server paths);
+    a link out of models/classifiers is offered neither by the route nor by Load Classifier."""
+    folder = server.models / "classifiers"
+    (tmp_path / "secret.txt").write_text("secret one\nsecret two\n")
+    made = {
+        "deep.json": lambda p: p.write_text("[" * 100_000 + "]" * 100_000),
+        "corrupt.safetensors": lambda p: p.write_bytes(b"garbage!garbage!garbage!"),
+        "linked-out.txt": lambda p: p.symlink_to(tmp_path / "secret.txt"),
+        "linked-out.safetensors": lambda p: p.symlink_to(folder / "tiny-resnet.safetensors"),  # inside: fine
+    }
+    for name, make in made.items():
+        make(folder / name)
+    try:
+        for params, name in (({"labels": "deep.json"}, "deep.json"),
+                             ({"classifier": "corrupt.safetensors", "timm_architecture": "test_resnet"},
+                              "corrupt.safetensors")):
+            status, body = _labels(server, **{"classifier": "tiny-resnet.safetensors", **params})
+            assert status == 400 and set(body) == {"error"}, body
+            message = body["error"]
+            assert name in message and "\n" not in message and "Traceback" not in message, message
+            assert str(folder) not in message, message
+        status, body = _labels(server, classifier="tiny-resnet.safetensors", labels="linked-out.txt")
+        assert status == 404 and "secret one" not in str(body), body
+        status, body = _labels(server, classifier="linked-out.safetensors", labels="tiny-labels.txt")
+        assert status == 200 and body["total"] == 10
+        options = server.get("/object_info/DCTLoadClassifier")["DCTLoadClassifier"]["input"]["required"]["classifier"]
+        listed = options[1].get("options") or options[0]
+        assert "linked-out.safetensors" in listed and "corrupt.safetensors" in listed
+        (folder / "linked-out.safetensors").unlink()
+        (folder / "linked-out.safetensors").symlink_to(tmp_path / "w.safetensors")
+        (tmp_path / "w.safetensors").write_bytes((folder / "tiny-resnet.safetensors").read_bytes())
+        options = server.get("/object_info/DCTLoadClassifier")["DCTLoadClassifier"]["input"]["required"]["classifier"]
+        assert "linked-out.safetensors" not in (options[1].get("options") or options[0])
+        assert _labels(server, classifier="linked-out.safetensors")[0] == 404
+    finally:
+        for name in made:
+            (folder / name).unlink(missing_ok=True)
