@@ -74,10 +74,5 @@ def _labels(text: str):
     if not text:
         return None
     if "\n" not in text and Path(text).suffix in (".txt", ".json"):
-        import folder_paths
-
-        path = folder_paths.get_full_path("classifiers", text)
-        if path is None:
-            raise ValueError(f"labels file {text!r} not found under models/classifiers.")
-        return path
+        return folders.label_path(text)  # only files inside the classifiers folders, as the picker route
     return [line.strip() for line in text.splitlines() if line.strip()]

@@ -219,13 +219,16 @@ def test_bad_inputs_are_clear_node_errors(host, loaded, classifier):
     train = _node(host, "train_node", "TrainClassToken")
     with pytest.raises(ValueError, match="no class named 'tigre cat'.*'tiger cat'"):
         _run(train, **_train_inputs(model, clip, vae, classifier, target_class="tigre cat"))
-    sdxl = ClassToken({"clip_l": torch.zeros(1, 768), "clip_g": torch.zeros(1, 1280)}, name="xl")
+    sdxl = ClassToken({"clip_l": torch.full((1, 768), 0.1), "clip_g": torch.full((1, 1280), 0.1)}, name="xl")
     apply = _node(host, "token_nodes", "ApplyClassToken")
     with pytest.raises(ValueError, match="need \\(clip_l: 768\\)"):
         _run(apply, clip=clip, class_token=sdxl, text="a photo of {token} cat")
-    one = ClassToken({"clip_l": torch.zeros(1, 768)}, name="one")
+    one = ClassToken({"clip_l": torch.full((1, 768), 0.1)}, name="one")
     with pytest.raises(ValueError, match="neither \\{token\\} nor the trigger word"):
         _run(apply, clip=clip, class_token=one, text="a photo of a cat")
+    for bad, why in ((torch.zeros(1, 768), "all zeros"), (torch.full((1, 768), float("nan")), "NaN")):
+        with pytest.raises(ValueError, match=why):  # would silently give black images or nothing
+            _run(apply, clip=clip, class_token=ClassToken({"clip_l": bad}, name="bad"), text="a {token} cat")
 
 
 def test_a_taesd_decoder_from_vae_approx_gives_the_training_signal(host, loaded, classifier):

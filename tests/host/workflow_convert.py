@@ -38,8 +38,8 @@ def _options(spec: list) -> dict:
     return spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
 
 
-def widget_inputs(definition: dict) -> list[tuple[str, list]]:
-    """(name, spec) of the node's widgets, in the order the frontend creates them."""
+def widget_inputs(definition: dict) -> list[tuple[str, list, bool]]:
+    """(name, spec, optional) of the node's widgets, in the order the frontend creates them."""
     order = definition.get("input_order") or {s: list(definition["input"].get(s, {})) for s in ("required",
                                                                                                "optional")}
     out = []
@@ -48,7 +48,7 @@ def widget_inputs(definition: dict) -> list[tuple[str, list]]:
         for name in order.get(section, []):
             spec = specs[name]
             if _kind(spec) in WIDGET_TYPES and not _options(spec).get("forceInput"):
-                out.append((name, spec))
+                out.append((name, spec, section == "optional"))
     return out
 
 
@@ -170,7 +170,9 @@ def ui_to_api(workflow: dict, object_info: dict, rng: random.Random | None = Non
         values = list(node.get("widgets_values") or [])
         if isinstance(node.get("widgets_values"), dict):
             raise WorkflowError(f"node {node['id']} ({kind}): widgets_values as a dict is not supported.")
-        for name, spec in widget_inputs(object_info[kind]):
+        for name, spec, optional in widget_inputs(object_info[kind]):
+            if not values and optional:
+                break  # saved before this optional input existed: the node's default applies, as in the frontend
             if not values:
                 raise WorkflowError(f"node {node['id']} ({kind}): no widget value left for {name!r}.")
             value = values.pop(0)
