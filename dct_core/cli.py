@@ -86,26 +86,27 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--overwrite", action="store_true", help="replace an existing token file")
     t.add_argument("--recipe", default=DEFAULT_PRESET, choices=sorted(PRESETS),
                    help=f"named settings the options below start from (default {DEFAULT_PRESET}: the paper's)")
-    d = TrainConfig()  # the paper's values, shown in the help; an option left out takes the recipe's value
-    t.add_argument("--steps", type=int, help=f"maximum optimization steps (paper: {d.max_steps})")
-    t.add_argument("--batch-size", type=int, help=f"images (seeds) per step (paper: {d.batch_size})")
+    paper = TrainConfig()  # the paper's values, shown in the help; an option left out takes the recipe's value
+    t.add_argument("--steps", type=int, help=f"maximum optimization steps (paper: {paper.max_steps})")
+    t.add_argument("--batch-size", type=int, help=f"images (seeds) per step (paper: {paper.batch_size})")
     t.add_argument("--micro-batch", type=int, help="images per forward/backward, to save memory")
-    t.add_argument("--lr", type=float, help=f"AdamW learning rate (paper: {d.lr})")
-    t.add_argument("--weight-decay", type=float, help=f"AdamW weight decay on the token (paper: {d.weight_decay})")
-    t.add_argument("--init-word", help=f"word whose embedding starts the token (paper: {d.init_word!r})")
-    t.add_argument("--num-vectors", type=int, help=f"vectors in the token (paper: {d.num_vectors})")
+    t.add_argument("--lr", type=float, help=f"AdamW learning rate (paper: {paper.lr})")
+    t.add_argument("--weight-decay", type=float, help=f"AdamW weight decay on the token (paper: {paper.weight_decay})")
+    t.add_argument("--init-word", help=f"word whose embedding starts the token (paper: {paper.init_word!r})")
+    t.add_argument("--num-vectors", type=int, help=f"vectors in the token (paper: {paper.num_vectors})")
     t.add_argument("--template", action="append", dest="templates",
                    help="prompt template with {token} and {label}; repeat for several (paper: its two)")
     t.add_argument("--fresh-seeds", action="store_true", default=None,
                    help="new seeds every step instead of the same batch of seeds (paper: the same)")
-    t.add_argument("--backprop-depth", type=int, help=f"sampling steps with gradient, K (paper: {d.backprop_depth})")
+    t.add_argument("--backprop-depth", type=int,
+                   help=f"sampling steps with gradient, K (paper: {paper.backprop_depth})")
     t.add_argument("--no-checkpointing", dest="checkpointing", action="store_false", default=None,
                    help="keep all activations (faster, much more memory); default: block-level gradient "
                         "checkpointing in the UNet step(s) with gradient and in the VAE decoder")
     t.add_argument("--accuracy-threshold", type=float,
-                   help=f"stop at this batch accuracy (paper: {d.accuracy_threshold})")
+                   help=f"stop at this batch accuracy (paper: {paper.accuracy_threshold})")
     t.add_argument("--patience", type=int,
-                   help=f"stop after this many steps without a lower loss (paper: {d.patience})")
+                   help=f"stop after this many steps without a lower loss (paper: {paper.patience})")
     t.add_argument("--preview-every", type=int, default=0, help="write a preview grid every N steps (0: off)")
     _add_generation(t)
 

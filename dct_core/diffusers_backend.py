@@ -92,7 +92,8 @@ class DiffusersBackend:
                     pooled = out.text_embeds if hasattr(out, "text_embeds") else out.pooler_output
             else:
                 hidden.append(out.last_hidden_state)
-        return Conditioning(torch.cat(hidden, dim=-1).to(self.dtype), pooled, mask.to(self.device))
+        return Conditioning(torch.cat(hidden, dim=-1).to(self.dtype), pooled,
+                            None if mask is None else mask.to(self.device))
 
     def negative(self, prompt: str, batch: int) -> Conditioning:
         """The unconditional branch of CFG (no class token)."""
@@ -106,7 +107,7 @@ class DiffusersBackend:
         from diffusers import DDIMScheduler, EulerDiscreteScheduler
 
         config = self.pipe.scheduler.config
-        cls = {"ddim": DDIMScheduler, "euler": EulerDiscreteScheduler, "own": type(self.pipe.scheduler)}[kind]
+        cls: Any = {"ddim": DDIMScheduler, "euler": EulerDiscreteScheduler, "own": type(self.pipe.scheduler)}[kind]
         return cls.from_config(config)
 
     def start(self, seeds: Sequence[int], sampling: SamplingConfig) -> Trajectory:
@@ -154,7 +155,7 @@ class DiffusersBackend:
                 out_u = self._unet(x_in, t, uncond.hidden, uncond.pooled, time_ids)
             out_c = self._unet(x_in, t, cond.hidden, cond.pooled, time_ids)
         else:
-            pooled = None if cond.pooled is None else torch.cat([uncond.pooled, cond.pooled])
+            pooled = None if cond.pooled is None or uncond.pooled is None else torch.cat([uncond.pooled, cond.pooled])
             out_u, out_c = self._unet(torch.cat([x_in, x_in]), t, torch.cat([uncond.hidden, cond.hidden]),
                                       pooled, time_ids).chunk(2)
         return out_u + guidance * (out_c - out_u)
@@ -191,6 +192,7 @@ def gradient_checkpointing(model: torch.nn.Module) -> Iterator[None]:
     """Block-level gradient checkpointing in a diffusers model (UNet, VAE decoder), on for the duration and
     then restored exactly: only block inputs are kept for backward, each block is recomputed there."""
     saved = []
+    m: Any
     for m in model.modules():
         if hasattr(m, "gradient_checkpointing"):
             saved.append((m, m.gradient_checkpointing, m.__dict__.get("_gradient_checkpointing_func", _MISSING)))

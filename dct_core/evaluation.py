@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
-from .backend import Backend
+from .backend import Backend, Vectors
 from .classifiers import Classifier
 from .config import SamplingConfig
 from .generation import generate_images, topk_accuracy
@@ -47,7 +47,7 @@ def compare_with_token(
     Image i uses template i mod len(templates) and seed i in both conditions; without the token the marker is
     simply removed from the prompt. ``chunk`` images are generated at once (small models: raise it)."""
     prompts = prompts_for_batch(templates, prompt_label, len(seeds))
-    conditions = {WITHOUT: ([strip_token(p) for p in prompts], None)}
+    conditions: dict[str, tuple[list[str], Vectors | None]] = {WITHOUT: ([strip_token(p) for p in prompts], None)}
     if vectors is not None:
         conditions[WITH] = (prompts, vectors)
     results: dict[str, dict[str, dict]] = {name: {} for name in classifiers}

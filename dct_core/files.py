@@ -64,9 +64,9 @@ def probe_writable(folder: str | os.PathLike) -> None:
 
 def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
     """Remove temps of our pattern left by writers that no longer run; everything else is left alone."""
-    removed = []
+    removed: list[Path] = []
     try:
-        entries = list(os.scandir(folder))
+        entries = list(os.scandir(os.fspath(folder)))
     except OSError:
         return removed
     for entry in entries:

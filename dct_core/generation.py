@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .backend import Backend
+from .backend import Backend, Vectors
 from .config import SamplingConfig
 
 
@@ -16,7 +16,7 @@ def generate_images(
     prompts: Sequence[str],
     seeds: Sequence[int],
     sampling: SamplingConfig,
-    vectors: dict[str, torch.Tensor] | None = None,
+    vectors: Vectors | None = None,
     *,
     chunk: int = 4,
     should_cancel: Callable[[], bool] | None = None,

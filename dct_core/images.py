@@ -30,7 +30,7 @@ def make_grid(rows: Sequence[torch.Tensor], min_cell: int = 128, pad: int = 2) -
     grid = Image.new("RGB", (cols * (w + pad) + pad, len(cells) * (h + pad) + pad), (255, 255, 255))
     for r, row in enumerate(cells):
         for c, img in enumerate(row):
-            grid.paste(img.resize((w, h), Image.NEAREST), (pad + c * (w + pad), pad + r * (h + pad)))
+            grid.paste(img.resize((w, h), Image.Resampling.NEAREST), (pad + c * (w + pad), pad + r * (h + pad)))
     return grid
 
 

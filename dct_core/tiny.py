@@ -8,6 +8,8 @@ a scaled head); otherwise no token could change a prediction and a test could pa
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from .classifiers import ImageClassifier, Preprocess
@@ -68,7 +70,9 @@ def tiny_pipeline(kind: str = "sd1", *, seed: int = 0, text_gain: float = 5.0, p
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
         set_alpha_to_one=False, steps_offset=1, prediction_type=prediction_type,
     )
-    unet.eval(), vae.eval()  # as from_pretrained leaves them
+    models: list[Any] = [unet, vae]
+    for module in models:
+        module.eval()  # as from_pretrained leaves them
     text_encoder = _text_encoder(32, None, text_gain, seed + 2)
     if not sdxl:
         return StableDiffusionPipeline(
@@ -97,7 +101,8 @@ def tiny_classifier(calibration_images: torch.Tensor, *, seed: int = 0, logit_st
     import timm
 
     torch.manual_seed(seed)
-    model = timm.create_model("test_resnet", pretrained=False, num_classes=len(TINY_LABELS), zero_init_last=False)
+    model: Any = timm.create_model("test_resnet", pretrained=False, num_classes=len(TINY_LABELS),
+                                   zero_init_last=False)
     size = calibration_images.shape[-1]
     preprocess = Preprocess(input_size=(size, size), crop_pct=1.0, interpolation="bilinear")
     x = preprocess(calibration_images)

@@ -177,8 +177,9 @@ class ComfyBackend:
             decoder = self.vae.first_stage_model
         param = next(decoder.parameters())
         z = latents.to(param.device, param.dtype)
+        decoder_any: Any = decoder
         # (no checkpointing: the clones autograd needs are gone by the time backward would recompute)
         with trainable_weights([decoder]) if torch.is_grad_enabled() else nullcontext():
-            images = decoder.decode(z)
+            images = decoder_any.decode(z)
         return ((images.float() + 1) / 2).clamp(0, 1).to(self.device)
 

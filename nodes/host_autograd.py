@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 
@@ -23,11 +24,12 @@ def autograd_enabled() -> Iterator[None]:
 def trainable_weights(modules: Iterable[torch.nn.Module]) -> Iterator[None]:
     """Swap every parameter and buffer for a plain clone autograd can save; the very same original tensor
     objects go back afterwards, so the host's weights stay bit-identical and its patcher keeps its state."""
-    swapped: list[tuple[dict, str, torch.Tensor]] = []
+    swapped: list[tuple[dict[str, Any], str, torch.Tensor]] = []
     try:
         for module in modules:
             for m in module.modules():
-                for store in (m._parameters, m._buffers):
+                stores: tuple[dict[str, Any], ...] = (m._parameters, m._buffers)
+                for store in stores:
                     for name, t in list(store.items()):
                         if t is None:
                             continue

@@ -11,18 +11,19 @@ import copy
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 
 
-def sub_tokenizers(tokenizer) -> dict[str, object]:
+def sub_tokenizers(tokenizer) -> dict[str, Any]:
     """The per-encoder tokenizers by embedding key ("clip_l", "clip_g", "clip_h")."""
     import comfy.sd1_clip
 
     return {t.embedding_key: t for t in vars(tokenizer).values() if isinstance(t, comfy.sd1_clip.SDTokenizer)}
 
 
-def text_models(clip) -> dict[str, torch.nn.Module]:
+def text_models(clip) -> dict[str, Any]:
     """The per-encoder text models, keyed like their tokenizers (same attribute names in the host)."""
     import comfy.sd1_clip
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -27,7 +28,7 @@ class ZeroShotLogits(torch.nn.Module):
 
     def __init__(self, model: torch.nn.Module, text_features: torch.Tensor):
         super().__init__()
-        self.model = model
+        self.model: Any = model  # transformers or open_clip CLIP
         self.register_buffer("text_features", text_features)
 
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -32,7 +33,7 @@ def preprocess_from_folder(folder: Path, default_size: int = 224, default_mean=(
         hw = (size["height"], size["width"]) if isinstance(size, dict) else (int(size), int(size))
         crop_hw, crop_pct = hw, 1.0
     return Preprocess(
-        input_size=tuple(int(v) for v in crop_hw),
+        input_size=(int(crop_hw[0]), int(crop_hw[1])),
         crop_pct=float(cfg.get("crop_pct") or crop_pct),
         interpolation=_RESAMPLE.get(cfg.get("resample", 3), "bicubic"),
         mean=tuple(cfg.get("image_mean", default_mean)),
@@ -46,7 +47,8 @@ class HFLogits(torch.nn.Module):
 
     def __init__(self, model: torch.nn.Module, pooling: str = "cls"):
         super().__init__()
-        self.model, self.pooling = model, pooling
+        self.model: Any = model  # a transformers model: its heads are attributes torch's typing cannot see
+        self.pooling = pooling
         if pooling == "mean" and not hasattr(model, "vit"):
             raise DCTError("pooling=mean applies to ViT classifiers (ViTForImageClassification) only.")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -65,7 +66,7 @@ def load_timm_classifier(
 
     _check_name(model_name)
     state = read_state_dict(weights) if weights is not None else None
-    probe = timm.create_model(model_name, pretrained=False)
+    probe: Any = timm.create_model(model_name, pretrained=False)
     shapes = {k: v.shape for k, v in state.items()} if state is not None else {}
     num_classes = head_width(probe.pretrained_cfg.get("classifier", "head"), shapes) or probe.num_classes
     if num_classes == probe.num_classes:

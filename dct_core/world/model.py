@@ -29,7 +29,7 @@ class _PixelShuffle(torch.nn.Module):
         return F.pixel_shuffle(z, 2)
 
 
-class SpaceToDepthAutoencoder(ModelMixin, ConfigMixin):
+class SpaceToDepthAutoencoder(ModelMixin, ConfigMixin):  # type: ignore[misc]  # diffusers' own pattern
     """Folds [B, 3, H, W] images in [-1, 1] into [B, 12, H/2, W/2] latents and back, exactly.
 
     ``block_out_channels`` has two entries so that code computing the VAE's downscale the diffusers way
@@ -44,7 +44,7 @@ class SpaceToDepthAutoencoder(ModelMixin, ConfigMixin):
         self.register_buffer("_anchor", torch.zeros(()), persistent=False)  # gives the module a device/dtype
 
     def encode_latents(self, images: torch.Tensor) -> torch.Tensor:
-        return F.pixel_unshuffle(images, 2) * self.config.scaling_factor
+        return F.pixel_unshuffle(images, 2) * self.config["scaling_factor"]
 
     def decode(self, z: torch.Tensor, return_dict: bool = True):
         images = self.decoder(z)

@@ -17,6 +17,7 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -115,7 +116,7 @@ def record_baseline(folder: Path, num_images: int = 32) -> dict:
     backend = load_world_backend(folder=folder)
     judges = {c.name: c for c in (load_world_classifier(role, folder) for role in ("guide", "held-out"))}
     seeds = list(range(EVAL_FIRST_SEED, EVAL_FIRST_SEED + num_images))
-    out = {"num_images": num_images, "first_seed": EVAL_FIRST_SEED, "classes": {}}
+    out: dict[str, Any] = {"num_images": num_images, "first_seed": EVAL_FIRST_SEED, "classes": {}}
     for target in DEMO_CLASSES:
         results, _ = compare_with_token(backend, judges, target.label, target.word, DEMO_TEMPLATES, None, seeds,
                                         SAMPLING, chunk=32)
