@@ -1,6 +1,6 @@
 """Making the host's models differentiable for the duration of a training step, and undoing it exactly.
 
-ComfyUI blocks gradients three ways (see shared notes): every node runs under ``torch.inference_mode()``;
+ComfyUI blocks gradients three ways: every node runs under ``torch.inference_mode()``;
 weights loaded there are inference tensors that autograd cannot save; and its CLIP layers add in place.
 """
 

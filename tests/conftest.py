@@ -5,7 +5,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-torch.set_num_threads(1)  # two 2-thread processes on 2 cores collapse throughput (see shared/notes/trials.md)
+torch.set_num_threads(1)  # two 2-thread processes on 2 cores collapse throughput: tests run beside other jobs
 
 from dct_core.config import SamplingConfig  # noqa: E402
 from dct_core.diffusers_backend import DiffusersBackend  # noqa: E402
