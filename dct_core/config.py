@@ -54,6 +54,18 @@ class TrainConfig:
     accuracy_threshold: float = 0.7  # stop once a batch reaches this accuracy (reference code)
     patience: int = 15  # or after this many steps without a lower loss
     backprop_depth: int = 1  # K: sampling steps taken with gradient (paper: 1, "gradient skipping")
+    # Where the gradient is taken: "last" (the last K sampling steps, the paper's) or "x0" (the guided model's
+    # prediction of the clean image at x0_points random steps within x0_interval of the trajectory).
+    gradient_point: str = "last"
+    x0_interval: tuple[float, float] = (0.2, 0.8)
+    x0_points: int = 1
+    # Returned token: the best training batch (paper), or the best on this many fixed validation seeds.
+    validation_images: int = 0
+    # Stop pushing an image once the classifier gives the target this probability (0: plain cross-entropy, the
+    # paper's): the loss per image is max(0, CE - (-log p)), so images already right are left as they are.
+    enough_prob: float = 0.0
+    init_pull: float = 0.0  # L2 pull toward the init word, relative to its norm (0: off)
+    norm_cap: float = 0.0  # keep the token's norm within this multiple of the init word's (0: off)
     # Block-level gradient checkpointing in the UNet step(s) with gradient and in the VAE decoder: at 512 px it
     # cut a training step's peak memory from 2.1x to 1.5x plain generation for about 4% more time (bench/).
     checkpointing: bool = True
@@ -79,6 +91,15 @@ class TrainConfig:
                 f"backprop depth {self.backprop_depth} must be between 1 and the {self.sampling.steps} "
                 "sampling steps."
             )
+        if self.gradient_point not in ("last", "x0"):
+            raise DCTError(f"unknown gradient point {self.gradient_point!r}; use last or x0.")
+        lo, hi = self.x0_interval
+        if not 0 <= lo <= hi <= 1:
+            raise DCTError(f"x0 interval {self.x0_interval} must be two fractions 0 <= start <= end <= 1.")
+        if not 0 <= self.enough_prob < 1:
+            raise DCTError(f"enough_prob must be in [0, 1), got {self.enough_prob}.")
+        if self.x0_points < 1 or self.validation_images < 0 or self.init_pull < 0 or self.norm_cap < 0:
+            raise DCTError("x0 points must be at least 1; validation images, init pull and norm cap >= 0.")
         if not 0 < self.accuracy_threshold <= 1:
             raise DCTError(f"accuracy threshold must be in (0, 1], got {self.accuracy_threshold}.")
         if self.patience < 1:
@@ -112,5 +133,8 @@ def preset_config(preset: str = DEFAULT_PRESET, **overrides: Any) -> TrainConfig
         config = replace(config, sampling=replace(config.sampling, **sampling))
     if "templates" in settings:
         config = replace(config, templates=tuple(config.templates))
+    if "x0_interval" in settings:
+        lo, hi = config.x0_interval
+        config = replace(config, x0_interval=(float(lo), float(hi)))
     config.validate()
     return config

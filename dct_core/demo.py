@@ -18,13 +18,13 @@ import torch
 
 from .config import DEFAULT_PRESET, TrainConfig, preset_config
 from .errors import DCTError
-from .evaluation import WITH, WITHOUT, compare_with_token
+from .evaluation import WITH, WITHOUT, compare_with_token, token_quality
 from .files import atomic_write
 from .images import make_grid, save_image
 from .run import TrainJob, run_training
 from .tokens import sanitize_name
 from .training import StepRecord
-from .world import SAMPLING, load_world_backend, load_world_classifier
+from .world import SAMPLING, load_world_backend, load_world_classifier, reference_renders, variety_reader
 from .world.facts import DEMO_CLASSES, DEMO_RECIPE, EVAL_FIRST_SEED, DemoClass
 
 
@@ -46,6 +46,7 @@ class DemoRow:
     train_seconds: float
     stopped: str
     token_path: Path
+    quality: dict = field(default_factory=dict)  # fooling gap, variety, Frechet distance (evaluation.token_quality)
 
 
 @dataclass
@@ -58,6 +59,7 @@ class DemoReport:
     json_path: Path | None = None
     token_paths: list[Path] = field(default_factory=list)
     cancelled: bool = False
+    recipe: str = DEFAULT_PRESET
 
     def to_json(self) -> dict:
         return {
@@ -74,7 +76,7 @@ class DemoReport:
             "classes": [
                 {"label": r.target.label, "prompt_word": r.target.word, "kind": r.target.kind,
                  "train_steps": r.train_steps, "train_seconds": round(r.train_seconds, 1), "stopped": r.stopped,
-                 "token": str(r.token_path), "accuracy": r.accuracy}
+                 "token": str(r.token_path), "accuracy": r.accuracy, **r.quality}
                 for r in self.rows
             ],
         }
@@ -110,11 +112,12 @@ def run_demo(
     backend = load_world_backend(folder=world_dir)
     guide, held_out = (load_world_classifier(role, world_dir) for role in ("guide", "held-out"))
     judges = {guide.name: guide, held_out.name: held_out}
+    entropy = variety_reader()
     config = demo_config(steps, backprop_depth, seed, **(overrides or {}))
     config.validate()
     seeds = list(range(EVAL_FIRST_SEED, EVAL_FIRST_SEED + num_images))
     report = DemoReport([], {"guiding": guide.name, "held_out": held_out.name}, config, num_images)
-    grid_rows = []
+    grid_rows, grid_labels = [], []
     for target in _select(classes):
         if on_class is not None:
             on_class(target)
@@ -144,21 +147,27 @@ def run_demo(
         if should_cancel is not None and should_cancel():  # the evaluation is incomplete: no numbers from it
             report.cancelled = True
             break
+        quality = token_quality(accuracy, images, guide=guide.name, held_out=held_out.name, entropy=entropy,
+                                reference=reference_renders(target.label, num_images),
+                                feature_classifier=held_out)
         report.rows.append(DemoRow(target, accuracy, len(result.history), seconds, result.stopped,
-                                   report.token_paths[-1]))
+                                   report.token_paths[-1], quality))
         grid_rows += [images[WITHOUT][:8], images[WITH][:8]]
+        grid_labels += [f"{target.label}\nwithout token", f"{target.label}\nwith token"]
     if grid_rows:
-        report.grid_path = save_image(make_grid(grid_rows, min_cell=64), out / "before-after.png")
+        report.grid_path = save_image(make_grid(grid_rows, min_cell=64, row_labels=grid_labels),
+                                      out / "before-after.png")
     if json_path is not None:
         report.json_path = atomic_write(json_path, json.dumps(report.to_json(), indent=2).encode())
     return report
 
 
 def format_table(report: DemoReport) -> str:
-    """The Table-1-like text table: one line per class and classifier."""
+    """The Table-1-like text table (one line per class and classifier), then quality beyond accuracy: the fooling
+    gap, the variety of what the prompt leaves free, and the distance to real images of the class."""
     lines = [
         f"{report.num_images} fresh seeds per class, same seeds and prompts with and without the token; "
-        f"tokens trained with {report.classifiers['guiding']} (K = {report.config.backprop_depth})",
+        f"tokens trained with {report.classifiers['guiding']} (recipe: {report.recipe})",
         f"{'class':<22}{'kind':<16}{'judged by':<21}{'top-1 without':>14}{'with':>8}{'gain':>8}"
         f"{'top-5 without':>15}{'with':>8}",
     ]
@@ -170,4 +179,24 @@ def format_table(report: DemoReport) -> str:
             judge = f"{name}" + (" (guide)" if role == "guiding" else "")
             lines.append(f"{row.target.label:<22}{row.target.kind:<16}{judge:<21}{b1:>13.1f}%{a1:>7.1f}%"
                          f"{a1 - b1:>+7.1f}{b5:>14.1f}%{a5:>7.1f}%")
+    lines += ["", "variety (entropy in bits of what the prompt leaves free, without -> with the token), fooling gap "
+              "(guide minus held-out top-1 with the token), Frechet distance to real renders of the class "
+              f"(features of {report.classifiers['held_out']}; lower is closer)",
+              f"{'class':<22}{'colour bits':>14}{'all attributes':>17}{'worst ratio':>13}{'fooling gap':>13}"
+              f"{'Frechet without':>17}{'with':>8}"]
+    for row in report.rows:
+        q = row.quality
+        v, fd, gap = q.get("variety", {}), q.get("frechet", {}), q.get("fooling_gap")
+        colour = f"{v[WITHOUT]['color']:.2f} -> {v[WITH]['color']:.2f}" if WITH in v else "-"
+        total = f"{v[WITHOUT]['total']:.2f} -> {v[WITH]['total']:.2f}" if WITH in v else "-"
+        worst = f"{worst_variety_ratio(q):.2f}" if WITH in v else "-"
+        gap_text = "-" if gap is None else f"{100 * gap:+.1f}"
+        fds = (f"{fd['without']:>17.2f}{fd['with']:>8.2f}" if fd.get("with") is not None else f"{'-':>17}{'-':>8}")
+        lines.append(f"{row.target.label:<22}{colour:>14}{total:>17}{worst:>13}{gap_text:>13}{fds}")
     return "\n".join(lines)
+
+
+def worst_variety_ratio(quality: dict) -> float:
+    """The smallest with / without entropy ratio over the attributes that vary without the token."""
+    ratios = [r for k, r in quality.get("variety", {}).get("ratio", {}).items() if r is not None and k != "total"]
+    return min(ratios) if ratios else float("nan")

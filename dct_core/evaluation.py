@@ -59,3 +59,45 @@ def compare_with_token(
             index = classifier.class_index(target)
             results[name][condition] = score(classifier, images[condition], index, target_on)
     return results, images
+
+
+def fooling_gap(results: Mapping[str, Mapping[str, dict]], guide: str, held_out: str) -> float | None:
+    """Guide top-1 minus held-out top-1 with the token: how much of the gain only the guide sees."""
+    if WITH not in results.get(guide, {}) or WITH not in results.get(held_out, {}):
+        return None
+    return results[guide][WITH]["top1"] - results[held_out][WITH]["top1"]
+
+
+def variety_report(images: Mapping[str, torch.Tensor],
+                   entropy: Callable[[torch.Tensor], dict[str, float]]) -> dict[str, dict[str, float | None]]:
+    """Entropy in bits of each free attribute per condition, and the ratio with / without the token (1 = the
+    token left that attribute as varied as the prompt alone; 0 = it fixed it)."""
+    out: dict[str, dict[str, float | None]] = {c: dict(entropy(images[c])) for c in (WITHOUT, WITH) if c in images}
+    if WITH in out and WITHOUT in out:
+        out["ratio"] = {k: (None if not out[WITHOUT][k] else out[WITH][k] / out[WITHOUT][k])  # type: ignore[operator]
+                        for k in out[WITHOUT]}
+    return out
+
+
+def token_quality(
+    results: Mapping[str, Mapping[str, dict]],
+    images: Mapping[str, torch.Tensor],
+    *,
+    guide: str | None = None,
+    held_out: str | None = None,
+    entropy: Callable[[torch.Tensor], dict[str, float]] | None = None,
+    reference: torch.Tensor | None = None,
+    feature_classifier: Classifier | None = None,
+) -> dict:
+    """Beyond accuracy: the fooling gap (guide vs held-out), variety of the free attributes (when the model
+    offers a reader), and the Frechet distance to real images of the class on a classifier's features."""
+    from .frechet import frechet_with_and_without
+
+    out: dict = {}
+    if guide is not None and held_out is not None:
+        out["fooling_gap"] = fooling_gap(results, guide, held_out)
+    if entropy is not None:
+        out["variety"] = variety_report(images, entropy)
+    if reference is not None and feature_classifier is not None:
+        out["frechet"] = frechet_with_and_without(feature_classifier, reference, images[WITHOUT], images.get(WITH))
+    return out

@@ -25,6 +25,9 @@ class NamedModel:
     load_backend: Callable[..., Any]  # (device, dtype) -> a Backend
     sampling: SamplingConfig  # the model's own sampling defaults (resolution, steps, guidance)
     description: str
+    # Optional measuring aids a model with known ground truth can offer to `dct eval` and `dct demo`:
+    variety: Callable[[], Callable[[Any], dict[str, float]]] | None = None  # () -> images -> entropy per attribute
+    reference_images: Callable[[str, int], Any] | None = None  # (class label, count) -> real images of the class
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ clip, AdamW. Early stopping on batch accuracy or patience; the best token seen i
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
@@ -14,13 +15,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .backend import Backend
+from .backend import Backend, Conditioning, Vectors
 from .classifiers import Classifier
 from .config import TrainConfig
 from .errors import DCTError
 from .freezing import frozen
 from .prompts import prompts_for_batch
 from .tokens import ClassToken
+
+VALIDATION_FIRST_SEED = 1_000_000  # validation seeds: never among the training seeds
 
 
 @dataclass
@@ -31,6 +34,15 @@ class StepRecord:
     target_prob: float  # mean softmax probability of the target class
     grad_norm: float
     seconds: float
+    val_accuracy: float | None = None  # on the fixed validation seeds (when validation_images > 0)
+    val_loss: float | None = None
+
+    def selection_key(self) -> tuple[float, float]:
+        """How the returned token is chosen and when the threshold stops: validation when measured, else the
+        training batch."""
+        if self.val_accuracy is not None and self.val_loss is not None:
+            return self.val_accuracy, -self.val_loss
+        return self.accuracy, -self.loss
 
 
 @dataclass
@@ -77,27 +89,28 @@ def train_class_token(
         raise DCTError("an 'off' target needs a multi-label (attribute) classifier.")
     device, dtype = backend.device, backend.dtype
     classifier.to(device)
-    params = {
-        k: torch.nn.Parameter(v.detach().float().clone().to(device))
-        for k, v in backend.init_vectors(config.init_word, config.num_vectors).items()
-    }
+    init = {k: v.detach().float().clone().to(device)
+            for k, v in backend.init_vectors(config.init_word, config.num_vectors).items()}
+    params = {k: torch.nn.Parameter(v.clone()) for k, v in init.items()}
     optimizer = torch.optim.AdamW(params.values(), lr=config.lr, weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and dtype == torch.float16 else None
     batch = config.batch_size
     micro = config.micro_batch or batch
     prompts = prompts_for_batch(config.templates, label, batch)
     seeds = [config.seed + i for i in range(batch)]
-    depth, sampling = config.backprop_depth, config.sampling
+    points = torch.Generator().manual_seed(config.seed)  # where the x0 gradient points fall, reproducibly
+    judge = _Judge(classifier, target, target_on, config.enough_prob)
 
     result = TrainResult(token=_token(params, name, metadata))
     best_key, best_loss, since_better = None, float("inf"), 0
     with frozen([*backend.modules(), classifier.module]), _autocast(device, dtype):
-        negatives = {}
+        negatives: dict[int, Conditioning] = {}
         for step in range(config.max_steps):
             started = time.perf_counter()
             step_seeds = [s + step * batch for s in seeds] if config.fresh_seeds else seeds
             optimizer.zero_grad(set_to_none=True)
             snapshot = {k: p.detach().clone() for k, p in params.items()}  # the token this batch is made with
+            steps_at = _gradient_steps(config, points)
             loss_sum, probs, hits, images = 0.0, [], 0, []
             cancelled = False
             for lo in range(0, batch, micro):
@@ -108,21 +121,17 @@ def train_class_token(
                 n = hi - lo
                 if n not in negatives:
                     with torch.no_grad():
-                        negatives[n] = backend.negative(sampling.negative_prompt, n)
-                traj = backend.start(step_seeds[lo:hi], sampling)
-                with torch.no_grad():  # gradient skipping: the trajectory up to the last K steps
-                    backend.denoise(traj, backend.encode(prompts[lo:hi], params), negatives[n], traj.remaining - depth)
-                cond = backend.encode(prompts[lo:hi], params)
-                checkpoint = depth > 1 or config.checkpointing
-                latents = backend.denoise(traj, cond, negatives[n], depth, checkpoint=checkpoint)
-                pixels = backend.decode(latents, checkpoint=config.checkpointing)
-                logits = classifier(pixels)
-                loss = classifier.loss(logits.float(), target, target_on).sum() / batch
+                        negatives[n] = backend.negative(config.sampling.negative_prompt, n)
+                outs = _images_with_gradient(backend, config, prompts[lo:hi], params, negatives[n],
+                                             step_seeds[lo:hi], steps_at)
+                logits = [classifier(pixels) for pixels in outs]
+                loss = torch.stack([judge.loss(lg).sum() for lg in logits]).sum() / (batch * len(outs))
+                loss = loss + _regularizer(config, params, init) * n / batch
                 (scaler.scale(loss) if scaler else loss).backward()
                 loss_sum += float(loss.detach())
-                probs.append(classifier.target_prob(logits.float(), target, target_on).cpu())
-                hits += int(classifier.hits(logits, target, target_on).sum())
-                images.append(pixels.detach().float().cpu())
+                probs.append(judge.prob(logits[-1]).cpu())
+                hits += int(judge.hits(logits[-1]).sum())
+                images.append(outs[-1].detach().float().cpu())
             if cancelled:
                 result.stopped = "cancelled"
                 break
@@ -132,11 +141,14 @@ def train_class_token(
             if not torch.isfinite(torch.tensor([loss_sum, grad_norm])).all():
                 result.stopped = "non-finite"
                 break
+            validation = _validate(backend, judge, config, label, snapshot, negatives) \
+                if config.validation_images else None
             if scaler:
                 scaler.step(optimizer)
                 scaler.update()
             else:
                 optimizer.step()
+            _cap_norm(config, params, init)
             record = StepRecord(
                 step=step,
                 loss=loss_sum,
@@ -144,9 +156,11 @@ def train_class_token(
                 target_prob=float(torch.cat(probs).mean()),
                 grad_norm=grad_norm,
                 seconds=time.perf_counter() - started,
+                val_accuracy=None if validation is None else validation[0],
+                val_loss=None if validation is None else validation[1],
             )
             result.history.append(record)
-            key = (record.accuracy, -record.loss)
+            key = record.selection_key()
             if best_key is None or key > best_key:
                 best_key, result.best_step = key, step
                 result.token = _token(snapshot, name, metadata, record)
@@ -156,13 +170,110 @@ def train_class_token(
                 best_loss, since_better = record.loss, 0
             else:
                 since_better += 1
-            if record.accuracy >= config.accuracy_threshold:
+            if key[0] >= config.accuracy_threshold:
                 result.stopped = "threshold"
                 break
             if since_better >= config.patience:
                 result.stopped = "patience"
                 break
     return result
+
+
+class _Judge:
+    """The classifier's view of the target: per-image loss, probability and hits."""
+
+    def __init__(self, classifier: Classifier, target: int, target_on: bool, enough_prob: float = 0.0):
+        self.classifier, self.target, self.on = classifier, target, target_on
+        self.margin = -math.log(enough_prob) if enough_prob > 0 else None
+
+    def loss(self, logits: torch.Tensor) -> torch.Tensor:
+        loss = self.classifier.loss(logits.float(), self.target, self.on)
+        return loss if self.margin is None else (loss - self.margin).clamp_min(0)
+
+    def prob(self, logits: torch.Tensor) -> torch.Tensor:
+        return self.classifier.target_prob(logits.float(), self.target, self.on)
+
+    def hits(self, logits: torch.Tensor) -> torch.Tensor:
+        return self.classifier.hits(logits, self.target, self.on)
+
+
+def _gradient_steps(config: TrainConfig, rng: torch.Generator) -> list[int]:
+    """For the x0 gradient point: the sampling step indices (sorted) where x0 is predicted this step."""
+    if config.gradient_point != "x0":
+        return []
+    total = config.sampling.steps
+    lo, hi = config.x0_interval
+    first, last = min(int(lo * total), total - 1), min(max(int(hi * total), int(lo * total)), total - 1)
+    picks = torch.randint(first, last + 1, (config.x0_points,), generator=rng).tolist()
+    return sorted(set(picks))
+
+
+def _images_with_gradient(backend: Backend, config: TrainConfig, prompts: list[str], params: Vectors,
+                          negative: Conditioning, seeds: list[int], steps_at: list[int]) -> list[torch.Tensor]:
+    """Decoded images that carry the token's gradient, at the configured gradient point(s).
+
+    "last": the trajectory without gradient up to its last K steps, those with gradient (the paper's gradient
+    skipping when K = 1). "x0": the guided model's prediction of the clean image at intermediate steps
+    (the quantity DATE differentiates); the trajectory stops at the last such step, so it is also cheaper."""
+    sampling = config.sampling
+    traj = backend.start(seeds, sampling)
+    with torch.no_grad():
+        plain = backend.encode(prompts, params)
+    if config.gradient_point == "x0":
+        out = []
+        for at in steps_at:
+            with torch.no_grad():
+                backend.denoise(traj, plain, negative, at - traj.done)
+            x0 = backend.predict_x0(traj, backend.encode(prompts, params), negative)
+            out.append(backend.decode(x0, checkpoint=config.checkpointing))
+        return out
+    depth = config.backprop_depth
+    with torch.no_grad():  # gradient skipping: the trajectory up to the last K steps
+        backend.denoise(traj, plain, negative, traj.remaining - depth)
+    cond = backend.encode(prompts, params)
+    latents = backend.denoise(traj, cond, negative, depth, checkpoint=depth > 1 or config.checkpointing)
+    return [backend.decode(latents, checkpoint=config.checkpointing)]
+
+
+def _regularizer(config: TrainConfig, params: Vectors, init: Vectors) -> torch.Tensor | float:
+    """Optional pull of the token toward its init word, relative to that word's norm (dimensionless)."""
+    if not config.init_pull:
+        return 0.0
+    return config.init_pull * sum(
+        (params[k] - init[k]).square().sum() / init[k].square().sum().clamp_min(1e-12) for k in params
+    )
+
+
+@torch.no_grad()
+def _cap_norm(config: TrainConfig, params: Vectors, init: Vectors) -> None:
+    """Keep each vector's norm within ``norm_cap`` times its init word's (the vocabulary's scale)."""
+    if not config.norm_cap:
+        return
+    for k, p in params.items():
+        limit = config.norm_cap * init[k].norm(dim=-1, keepdim=True)
+        p.mul_((limit / p.norm(dim=-1, keepdim=True).clamp_min(1e-12)).clamp(max=1.0))
+
+
+@torch.no_grad()
+def _validate(backend: Backend, judge: _Judge, config: TrainConfig, label: str, vectors: Vectors,
+              negatives: dict[int, Conditioning]) -> tuple[float, float]:
+    """Accuracy and mean loss of fully sampled images on a fixed seed set that training never sees."""
+    count = config.validation_images
+    prompts = prompts_for_batch(config.templates, label, count)
+    seeds = [VALIDATION_FIRST_SEED + config.seed + i for i in range(count)]
+    chunk = config.micro_batch or config.batch_size
+    losses, hits = [], 0
+    for lo in range(0, count, chunk):
+        p, s = prompts[lo : lo + chunk], seeds[lo : lo + chunk]
+        negative = negatives.get(len(p))
+        if negative is None:
+            negative = negatives[len(p)] = backend.negative(config.sampling.negative_prompt, len(p))
+        traj = backend.start(s, config.sampling)
+        latents = backend.denoise(traj, backend.encode(p, vectors), negative, traj.remaining)
+        logits = judge.classifier(backend.decode(latents))
+        losses.append(judge.loss(logits).float().cpu())
+        hits += int(judge.hits(logits).sum())
+    return hits / count, float(torch.cat(losses).mean())
 
 
 def _token(vectors: Mapping[str, torch.Tensor], name: str, metadata: dict[str, str] | None,

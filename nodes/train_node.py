@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io, ui
 
-from dct_core.config import DEFAULT_PRESET, SamplingConfig, TrainConfig, preset_config
+from dct_core.config import DEFAULT_PRESET, PRESETS, SamplingConfig, preset_config
 from dct_core.errors import DCTError
 from dct_core.images import make_grid
 from dct_core.plot import training_plot
@@ -44,7 +44,7 @@ def _decoders() -> list[str]:
 class TrainClassToken(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        d = TrainConfig()
+        d, paper = preset_config(DEFAULT_PRESET), preset_config("paper")
         return io.Schema(
             node_id="DCTTrainClassToken",
             display_name="Train Discriminative Token (DCT)",
@@ -59,19 +59,22 @@ class TrainClassToken(io.ComfyNode):
                 io.String.Input("target_class", default="tiger cat",
                                 tooltip="The class to steer toward: a label name (any synonym, any case) or an "
                                         "index. A miss lists close names."),
-                io.String.Input("init_word", default=d.init_word,
-                                tooltip="Word whose embedding starts the token: 'a' (paper, ImageNet), or a "
-                                        "related word such as 'bird' for a bird classifier."),
-                io.String.Input("templates", default="\n".join(d.templates), multiline=True,
+                io.String.Input("init_word", default="",
+                                tooltip="Word whose embedding starts the token: empty = the recipe's ('a', as the "
+                                        "paper for ImageNet); a related word such as 'bird' helps a bird "
+                                        "classifier."),
+                io.String.Input("templates", default="", multiline=True,
                                 tooltip="Training prompts, one per line; {token} marks the class token and "
-                                        "{label} the class name. Default: the paper's two."),
-                io.Int.Input("steps", default=d.max_steps, min=1, max=10000,
-                             tooltip="Maximum optimization steps (paper's reference code: 50)."),
-                io.Float.Input("learning_rate", default=d.lr, min=1e-5, max=1.0, step=1e-5,
-                               tooltip="AdamW learning rate on the token only."),
-                io.Int.Input("batch_size", default=d.batch_size, min=1, max=64,
-                             tooltip="Images (seeds) per step; the same seeds every step unless fresh_seeds "
-                                     "(paper: 5)."),
+                                        "{label} the class name. Empty = the recipe's (the paper's two)."),
+                io.Int.Input("steps", default=0, min=0, max=10000,
+                             tooltip=f"Maximum optimization steps; 0 = the recipe's ({d.max_steps}; paper "
+                                     f"{paper.max_steps})."),
+                io.Float.Input("learning_rate", default=0.0, min=0.0, max=1.0, step=1e-5,
+                               tooltip=f"AdamW learning rate on the token only; 0 = the recipe's ({d.lr}; paper "
+                                       f"{paper.lr})."),
+                io.Int.Input("batch_size", default=0, min=0, max=64,
+                             tooltip=f"Images (seeds) per step; 0 = the recipe's ({d.batch_size}; paper "
+                                     f"{paper.batch_size})."),
                 io.Int.Input("micro_batch", default=0, min=0, max=64,
                              tooltip="Images per forward/backward to save VRAM (0 = the whole batch at once)."),
                 io.Float.Input("cfg", default=d.sampling.guidance, min=0.0, max=30.0, step=0.1,
@@ -86,13 +89,15 @@ class TrainClassToken(io.ComfyNode):
                              tooltip="Image size while training (SD1.x: 512, SDXL: 1024)."),
                 io.Int.Input("seed", default=d.seed, min=0, max=0xFFFFFFFF, control_after_generate=False,
                              tooltip="First training seed; the batch uses seed, seed+1, ..."),
-                io.Float.Input("accuracy_threshold", default=d.accuracy_threshold, min=0.01, max=1.0, step=0.01,
-                               tooltip="Stop once a batch is classified this well (reference code: 0.7)."),
-                io.Int.Input("patience", default=d.patience, min=1, max=1000,
-                             tooltip="Or stop after this many steps without a lower loss."),
-                io.Int.Input("backprop_depth", default=d.backprop_depth, min=1, max=50,
-                             tooltip="Sampling steps taken with gradient: 1 is the paper's gradient skipping; "
-                                     "more gives a stronger signal but is slower and keeps K steps of activations."),
+                io.Float.Input("accuracy_threshold", default=0.0, min=0.0, max=1.0, step=0.01,
+                               tooltip=f"Stop once a batch is classified this well; 0 = the recipe's "
+                                       f"({d.accuracy_threshold}; paper {paper.accuracy_threshold})."),
+                io.Int.Input("patience", default=0, min=0, max=1000,
+                             tooltip=f"Or stop after this many steps without a lower loss; 0 = the recipe's "
+                                     f"({d.patience}; paper {paper.patience})."),
+                io.Int.Input("backprop_depth", default=0, min=0, max=50,
+                             tooltip="Sampling steps taken with gradient when the recipe takes it at the last "
+                                     "steps; 0 = the recipe's (paper: 1, its gradient skipping)."),
                 io.Combo.Input("decoder", options=_decoders(), default=CHECKPOINT_VAE,
                                tooltip="Decoder for the training signal: the checkpoint's VAE, or a TAESD decoder "
                                        "from models/vae_approx (much cheaper at 512 px)."),
@@ -103,8 +108,13 @@ class TrainClassToken(io.ComfyNode):
                 io.Int.Input("preview_every", default=1, min=0, max=1000,
                              tooltip="Show the current batch on the node every N steps (0: never)."),
                 io.Boolean.Input("fresh_seeds", default=False, optional=True,
-                                 tooltip="New seeds every step instead of the same batch (off: the paper's "
-                                         "fixed seeds). The token then fits no particular images."),
+                                 tooltip="On: new seeds every step whatever the recipe says (the token then fits "
+                                         "no particular images). Off: the recipe's choice."),
+                io.Combo.Input("recipe", options=list(PRESETS), default=DEFAULT_PRESET, optional=True,
+                               tooltip=f"The training recipe the settings start from; a setting left at 0 or empty "
+                                       f"takes the recipe's value. {DEFAULT_PRESET}: the measured default (README, "
+                                       "'Recipes'); paper: Schwartz et al. exactly. Workflows saved before this "
+                                       "input existed run as 'paper'."),
             ],
             outputs=[
                 ClassTokenSocket.Output("CLASS_TOKEN", display_name="class token"),
@@ -118,18 +128,19 @@ class TrainClassToken(io.ComfyNode):
     def execute(cls, model, clip, vae, classifier, target_class, init_word, templates, steps, learning_rate,
                 batch_size, micro_batch, cfg, sampler_name, scheduler, sampling_steps, resolution, seed,
                 accuracy_threshold, patience, backprop_depth, decoder, save_name, overwrite,
-                preview_every, fresh_seeds=False) -> io.NodeOutput:
+                preview_every, fresh_seeds=False, recipe=None) -> io.NodeOutput:
         import comfy.model_management as mm
         import comfy.utils
 
         try:
             target = classifier.class_index(target_class)
             lines = tuple(t.strip() for t in templates.splitlines() if t.strip()) or None
+            recipe = recipe or "paper"  # a workflow saved before the recipe input: the paper's, as it ran then
             config = preset_config(
-                DEFAULT_PRESET, templates=lines, init_word=init_word.strip() or None, batch_size=batch_size,
-                micro_batch=micro_batch or None, seed=seed, fresh_seeds=bool(fresh_seeds), lr=learning_rate,
-                max_steps=steps, accuracy_threshold=accuracy_threshold, patience=patience,
-                backprop_depth=backprop_depth,
+                recipe, templates=lines, init_word=init_word.strip() or None, batch_size=batch_size or None,
+                micro_batch=micro_batch or None, seed=seed, fresh_seeds=True if fresh_seeds else None,
+                lr=learning_rate or None, max_steps=steps or None, accuracy_threshold=accuracy_threshold or None,
+                patience=patience or None, backprop_depth=backprop_depth or None,
                 sampling=SamplingConfig(resolution=resolution, steps=sampling_steps, guidance=cfg),
             )
             name = sanitize_name(save_name) if save_name.strip() else None
@@ -140,6 +151,7 @@ class TrainClassToken(io.ComfyNode):
             raise ValueError(str(exc)) from exc
         label = classifier.class_name(target)
         node_id = cls.hidden.unique_id if cls.hidden is not None else None
+        steps = config.max_steps
         bar = comfy.utils.ProgressBar(steps, node_id=node_id)
 
         def on_step(record, images):
@@ -157,7 +169,7 @@ class TrainClassToken(io.ComfyNode):
             backend = ComfyBackend(model, clip, vae, sampler_name=sampler_name, scheduler=scheduler,
                                    decoder=_load_decoder(decoder, model))
             job = TrainJob(backend, classifier, target, config, name=name or "class-token", out=out,
-                           overwrite=overwrite, overwrite_hint=OVERWRITE_HINT, recipe=DEFAULT_PRESET,
+                           overwrite=overwrite, overwrite_hint=OVERWRITE_HINT, recipe=recipe,
                            base_model=type(model.model).__name__, sampler=f"{sampler_name}/{scheduler}")
             outcome = run_training(job, on_step=on_step, should_cancel=mm.processing_interrupted)
             result = outcome.result
@@ -166,7 +178,7 @@ class TrainClassToken(io.ComfyNode):
             if result.stopped == "cancelled":
                 mm.throw_exception_if_processing_interrupted()  # hand the Cancel back to the host
             vectors = {k: v.to(backend.device) for k, v in result.token.vectors.items()}
-            seeds = list(range(seed, seed + min(batch_size, 4)))
+            seeds = list(range(seed, seed + min(config.batch_size, 4)))
             before, after = before_after(backend, vectors, config.templates, label, seeds, config.sampling)
         saved = outcome.path
         plot = training_plot([r.loss for r in result.history], [r.accuracy for r in result.history])
@@ -174,7 +186,8 @@ class TrainClassToken(io.ComfyNode):
         summary = (f"{label} ({target}): stopped by {result.stopped} after {len(result.history)} steps; best step "
                    f"{best.step if best else '-'} accuracy {best.accuracy if best else 0:.2f}"
                    + (f"; saved {saved.name}" if saved else ""))
-        grid = pil_to_host_image(make_grid([before, after], min_cell=min(256, resolution)))
+        grid = pil_to_host_image(make_grid([before, after], min_cell=min(256, resolution),
+                                           row_labels=["without\ntoken", "with\ntoken"]))
         return io.NodeOutput(result.token, pil_to_host_image(plot), grid,
                              ui=ui.PreviewText(summary))
 

@@ -14,6 +14,7 @@ import torch
 from ..config import SamplingConfig
 from ..errors import DCTError
 from ..registry import ClassifierSource, NamedModel, register_classifier_source, register_model
+from .facts import REFERENCE_SEED
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 MODEL_NAME = "world"  # what --model names it
@@ -51,6 +52,25 @@ def load_world_classifier(role: str, folder: str | Path | None = None):
     return classifier
 
 
-register_model(NamedModel(MODEL_NAME, load_world_backend, SAMPLING, "the built-in demo world, 32 px"))
+def reference_renders(label: str, count: int, seed: int = REFERENCE_SEED) -> torch.Tensor:
+    """Real images of a class: fresh renders of the scene generator ([N, 3, 32, 32] in [0, 1])."""
+    from .scenes import LABELS, render
+
+    if label not in LABELS:
+        raise DCTError(f"the demo world has no class {label!r}; its classes: {', '.join(LABELS)}.")
+    images, _ = render(torch.full((count,), LABELS.index(label)), torch.Generator().manual_seed(seed))
+    return images
+
+
+def variety_reader():
+    """images -> entropy in bits of each free attribute (colour, facing, size, position) and their total."""
+    from .attributes import attribute_entropy, load_attribute_reader
+
+    reader = load_attribute_reader()
+    return lambda images: attribute_entropy(reader, images)
+
+
+register_model(NamedModel(MODEL_NAME, load_world_backend, SAMPLING, "the built-in demo world, 32 px",
+                          variety=variety_reader, reference_images=reference_renders))
 register_classifier_source(ClassifierSource("world", load_world_classifier,
                                             "the demo world's classifiers: world:guide, world:held-out"))

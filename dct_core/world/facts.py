@@ -19,6 +19,7 @@ DEMO_CLASSES: tuple[DemoClass, ...] = (
 )
 DEMO_TEMPLATES = ("a photo of a {token} {label}", "a {token} {label}")
 EVAL_FIRST_SEED = 100_000  # fresh seeds: far from the training seeds
+REFERENCE_SEED = 200_000  # the scene generator's seed for the real renders a class's images are compared with
 
 # `dct demo`'s recipe on this world: the whole 10-step trajectory with gradient (K = 10) gave held-out gains
 # of +45 to +50 points where K = 3 gave +11 to +36 and K = 1 less (README, "The demo world";

@@ -124,8 +124,16 @@ def _background(n: int, size: int, g: torch.Generator) -> torch.Tensor:
     return (base + tint + ramp.unsqueeze(1)).clamp(0, 1)
 
 
-def render(labels: torch.Tensor, g: torch.Generator, size: int = RESOLUTION) -> tuple[torch.Tensor, list[str]]:
-    """Images [N, 3, size, size] of the given classes, and each image's object colour name."""
+COLOR_NAMES: tuple[str, ...] = tuple(COLORS)  # index order of the "color" attribute
+
+
+def render_with_attributes(labels: torch.Tensor, g: torch.Generator, size: int = RESOLUTION, *,
+                           color: str | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Images [N, 3, size, size] of the given classes and the free attributes drawn for each, [N] tensors:
+    "color" (index into COLOR_NAMES), "flip" (-1.0: mirrored left-right, 1.0: not), "scale" (uniform in
+    [0.5, 0.75)), "cx" and "cy" (object centre in [-1, 1] image units, uniform in [-0.25, 0.25); negative is
+    left / up) and "angle" (radians). ``color`` paints every object that colour; all random draws are made
+    as without it, so the images differ from the unforced ones only in the objects' colour."""
     n = labels.shape[0]
     images = _background(n, size, g)
     u, v = _grid(n, size)
@@ -137,20 +145,34 @@ def render(labels: torch.Tensor, g: torch.Generator, size: int = RESOLUTION) -> 
     x = (du * torch.cos(angle) + dv * torch.sin(angle)) / scale * flip
     y = (-du * torch.sin(angle) + dv * torch.cos(angle)) / scale
     edge = 2.0 / size / scale  # one pixel in shape units
-    color_names = []
+    color_idx = []
     for i, idx in enumerate(labels.tolist()):
         cls = CLASSES[idx]
-        palette = BIRD_COLORS if cls.label in THROAT else tuple(COLORS)
+        palette = BIRD_COLORS if cls.label in THROAT else COLOR_NAMES
         name = palette[int(torch.randint(len(palette), (1,), generator=g))]
-        color_names.append(name)
-        color = torch.tensor(COLORS[name]).view(3, 1, 1) * (0.85 + 0.15 * torch.rand(1, generator=g))
+        if color is not None:
+            if color not in palette:
+                raise ValueError(f"{cls.label!r} is never drawn {color!r}; its colours: {', '.join(palette)}")
+            name = color
+        color_idx.append(COLOR_NAMES.index(name))
+        paint = torch.tensor(COLORS[name]).view(3, 1, 1) * (0.85 + 0.15 * torch.rand(1, generator=g))
         cover = _soft(_shape_sdf(cls.label, x[i], y[i]), edge[i])
-        images[i] = images[i] * (1 - cover) + color * cover
+        images[i] = images[i] * (1 - cover) + paint * cover
         if cls.label in THROAT:
             patch = _soft(_throat_sdf(x[i], y[i]), edge[i] * 2.5) * cover
             images[i] = images[i] * (1 - patch) + torch.tensor(THROAT[cls.label]).view(3, 1, 1) * patch
     noise = torch.randn(images.shape, generator=g) * 0.02
-    return (images + noise).clamp(0, 1), color_names
+    attributes = {
+        "color": torch.tensor(color_idx, dtype=torch.long), "flip": flip.view(n), "scale": scale.view(n),
+        "cx": cx.reshape(n), "cy": cy.reshape(n), "angle": angle.view(n),
+    }
+    return (images + noise).clamp(0, 1), attributes
+
+
+def render(labels: torch.Tensor, g: torch.Generator, size: int = RESOLUTION) -> tuple[torch.Tensor, list[str]]:
+    """Images [N, 3, size, size] of the given classes, and each image's object colour name."""
+    images, attributes = render_with_attributes(labels, g, size)
+    return images, [COLOR_NAMES[i] for i in attributes["color"].tolist()]
 
 
 def caption(idx: int, color: str, g: torch.Generator, *, fine_rate: float = 0.2) -> str:

@@ -3,6 +3,7 @@
     python -m dct_core.world.train --out dct_core/world/weights            # everything (about 55 min, 2 CPU cores)
     python -m dct_core.world.train --out DIR --stage classifiers           # only the classifiers (a few minutes)
     python -m dct_core.world.train --out DIR --stage baseline              # re-record the no-token accuracy
+    python -m dct_core.world.train --out DIR --stage attributes            # only the attribute reader (~5 min)
 
 Everything is fixed by ``--seed``; the committed weights came from the defaults. Each stage writes its files
 atomically at the end (and the diffusion stage a resumable snapshot every ``--save-every`` steps).
@@ -124,11 +125,29 @@ def record_baseline(folder: Path, num_images: int = 32) -> dict:
     return out
 
 
+def train_attributes_stage(out: Path, args, log) -> None:
+    """The attribute reader (``attributes.py``) in DIR/attributes/, its record in DIR/attributes/training.json."""
+    from .attributes import FOLDER_NAME, redrawn_attribute_scenes, train_attribute_reader
+
+    redrawn = redrawn_test = None
+    if args.attribute_redrawn:
+        pipe = load_world_pipeline(out)
+        redrawn = redrawn_attribute_scenes(pipe, args.attribute_redrawn, torch.Generator().manual_seed(args.seed + 4),
+                                           log=log)
+        test_size = min(1024, max(64, args.attribute_redrawn // 4))
+        redrawn_test = redrawn_attribute_scenes(pipe, test_size, torch.Generator().manual_seed(40_000 + args.seed))
+    summary = train_attribute_reader(out / FOLDER_NAME, steps=args.attribute_steps, seed=args.seed + 3,
+                                     redrawn=redrawn, redrawn_test=redrawn_test, log=log)
+    summary["redrawn_scenes"] = args.attribute_redrawn
+    summary["environment"] = {"torch": torch.__version__, "threads": torch.get_num_threads()}
+    atomic_write(out / FOLDER_NAME / "training.json", json.dumps(summary, indent=2).encode())
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m dct_core.world.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="folder for the weights")
-    p.add_argument("--stage", choices=["all", "diffusion", "classifiers", "baseline"], default="all")
+    p.add_argument("--stage", choices=["all", "diffusion", "classifiers", "baseline", "attributes"], default="all")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=5000, help="diffusion training steps (default 5000)")
     p.add_argument("--batch", type=int, default=64, help="diffusion batch size (default 64)")
@@ -140,6 +159,9 @@ def main(argv=None) -> int:
     p.add_argument("--classifier-steps", type=int, default=1500)
     p.add_argument("--redrawn", type=int, default=8192,
                    help="scenes redrawn by the diffusion model for the classifiers (0: renders only)")
+    p.add_argument("--attribute-steps", type=int, default=1500, help="attribute reader training steps")
+    p.add_argument("--attribute-redrawn", type=int, default=4096,
+                   help="scenes redrawn by the diffusion model for the attribute reader (0: renders only)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = p.parse_args(argv)
     if args.threads:
@@ -177,6 +199,8 @@ def main(argv=None) -> int:
                 redrawn_test=redrawn_test, log=log,
             )
             atomic_write(record_path, json.dumps(record, indent=2).encode())
+    if args.stage == "attributes":  # not part of "all": it writes only DIR/attributes/
+        train_attributes_stage(out, args, log)
     if args.stage in ("all", "baseline"):
         record["baseline"] = record_baseline(out)
         atomic_write(record_path, json.dumps(record, indent=2).encode())
