@@ -18,16 +18,26 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
+def _value(text: str):
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def main() -> int:
     import torch
 
     from dct_core.demo import run_demo
     from dct_core.evaluation import WITH, WITHOUT
-    from dct_core.world.facts import DEMO_STEPS
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--depths", default="1,3")
-    p.add_argument("--steps", type=int, default=DEMO_STEPS)
+    p.add_argument("--steps", type=int, help="default: the recipe's")
     p.add_argument("--num-images", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--world", help="another world folder (default: the shipped weights)")
@@ -36,12 +46,10 @@ def main() -> int:
                    help="override a demo training setting, e.g. --set lr=0.01 --set fresh_seeds=true")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    overrides = {}
+    overrides: dict = {"gradient_point": "last"}  # K is the depth of the last-steps gradient
     for item in args.set:
         key, _, value = item.partition("=")
-        overrides[key] = {"true": True, "false": False}.get(value.lower(), None)
-        if overrides[key] is None:
-            overrides[key] = float(value) if "." in value or "e" in value else int(value)
+        overrides[key] = _value(value)
     rows = []
     for k in [int(x) for x in args.depths.split(",")]:
         with tempfile.TemporaryDirectory() as tmp:

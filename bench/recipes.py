@@ -56,6 +56,9 @@ RECIPES: dict[str, dict] = {
                       checkpointing=False, enough_prob=0.8),
     "x0-prompts": dict(WORLD, lr=0.05, max_steps=25, gradient_point="x0", accuracy_threshold=1.0, patience=25,
                        checkpointing=False, templates=PROMPT_VARIETY),
+    # Longer training judged on a 4-step window, the last token kept, pulled toward the prompt-alone image.
+    "x0-preserve": dict(WORLD, lr=0.05, max_steps=50, gradient_point="x0", accuracy_threshold=0.95,
+                        threshold_window=4, patience=50, keep="last", checkpointing=False, preserve=5.0),
 }
 
 
@@ -138,7 +141,8 @@ def main() -> int:
     p.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated names (default: all)")
     p.add_argument("--set", action="append", default=[], metavar="NAME=JSON",
                    help='an extra candidate, e.g. --set \'mine={"gradient_point": "x0", "lr": 0.02}\'')
-    p.add_argument("--classes", default=",".join(CLASSES), help="comma-separated; default: the four sub-classes")
+    p.add_argument("--classes", default="|".join(CLASSES),
+                   help="separated by '|' (class names hold commas); default: the four sub-classes")
     p.add_argument("--seeds", default="0,1,2", help="training seeds (default 0,1,2)")
     p.add_argument("--images", type=int, default=64, help="evaluation images per class and condition")
     p.add_argument("--workers", type=int, default=2, help="worker processes, one thread each (default 2)")
@@ -148,7 +152,7 @@ def main() -> int:
     for item in args.set:
         name, _, text = item.partition("=")
         recipes[name] = json.loads(text)
-    classes = [c for c in args.classes.split(",") if c]
+    classes = [c.strip() for c in args.classes.split("|") if c.strip()]
     unknown = [c for c in classes if c not in CLASSES]
     if unknown:
         p.error(f"unknown classes {unknown}; choose from {list(CLASSES)}")

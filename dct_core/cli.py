@@ -100,6 +100,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="new seeds every step instead of the same batch of seeds (paper: the same)")
     t.add_argument("--backprop-depth", type=int,
                    help=f"sampling steps with gradient, K (paper: {paper.backprop_depth})")
+    t.add_argument("--gradient-point", choices=["last", "x0"],
+                   help="where the gradient is taken: the last K sampling steps (paper) or the predicted clean "
+                        "image x0 at a random intermediate step")
+    t.add_argument("--preserve", type=float,
+                   help="pull toward the image the prompt alone makes on the same seed (x0 gradient point): "
+                        "keeps what the prompt leaves free (paper: 0)")
+    t.add_argument("--keep", choices=["best", "last"],
+                   help="the token returned: the best training batch's (paper) or the last")
+    t.add_argument("--threshold-window", type=int,
+                   help=f"average the stop accuracy over this many steps (paper: {paper.threshold_window})")
     t.add_argument("--no-checkpointing", dest="checkpointing", action="store_false", default=None,
                    help="keep all activations (faster, much more memory); default: block-level gradient "
                         "checkpointing in the UNet step(s) with gradient and in the VAE decoder")
@@ -165,9 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="dct-demo", help="output folder (default ./dct-demo)")
     d.add_argument("--class", dest="classes", action="append",
                    help="demo class to train (repeatable; default: the ambiguous and the fine-detail one)")
-    d.add_argument("--steps", type=int, help="optimization steps per token (default: the demo recipe's, 25)")
+    d.add_argument("--recipe", default=DEFAULT_PRESET, choices=sorted(PRESETS),
+                   help=f"training recipe (default {DEFAULT_PRESET}; 'paper' for the paper's exactly)")
+    d.add_argument("--steps", type=int, help="optimization steps per token (default: the recipe's)")
     d.add_argument("--backprop-depth", type=int,
-                   help="sampling steps with gradient, K (default: the demo recipe's, 10)")
+                   help="sampling steps with gradient, K, for a recipe that takes the last steps (default: the "
+                        "recipe's)")
     d.add_argument("--num-images", type=int, default=64, help="fresh-seed images per class and condition (default 64)")
     d.add_argument("--json", dest="json_path", help="also write the table as JSON to this file")
     d.add_argument("--seed", type=int, default=0, help="first training seed (default 0)")
@@ -271,7 +284,8 @@ def cmd_train(args) -> int:
         num_vectors=args.num_vectors, batch_size=args.batch_size, micro_batch=args.micro_batch, seed=args.seed,
         fresh_seeds=args.fresh_seeds, lr=args.lr, weight_decay=args.weight_decay, max_steps=args.steps,
         accuracy_threshold=args.accuracy_threshold, patience=args.patience, backprop_depth=args.backprop_depth,
-        checkpointing=args.checkpointing, sampling=sampling,
+        checkpointing=args.checkpointing, sampling=sampling, gradient_point=args.gradient_point,
+        preserve=args.preserve, keep=args.keep, threshold_window=args.threshold_window,
     )
     out = Path(args.out)
     name = sanitize_name(out.name)
@@ -466,10 +480,8 @@ def cmd_classifier_info(args) -> int:
 
 def cmd_demo(args) -> int:
     from .demo import format_table, run_demo
-    from .world.facts import DEMO_STEPS
-
     print("dct demo: class tokens on the built-in demo world (CPU, no download)", file=sys.stderr)
-    bar, on_step = _step_printer(args.steps or DEMO_STEPS)
+    bar, on_step = _step_printer(args.steps or preset_config(args.recipe).max_steps)
 
     def on_class(target):
         bar.reset()
@@ -478,7 +490,7 @@ def cmd_demo(args) -> int:
     with _CancelOnInterrupt() as cancel, bar:
         report = run_demo(
             args.out, classes=args.classes, steps=args.steps, backprop_depth=args.backprop_depth,
-            num_images=args.num_images, seed=args.seed, json_path=args.json_path, on_class=on_class,
+            num_images=args.num_images, seed=args.seed, json_path=args.json_path, recipe=args.recipe, on_class=on_class,
             on_step=on_step, should_cancel=cancel,
         )
     if report.rows:

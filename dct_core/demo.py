@@ -29,13 +29,12 @@ from .world.facts import DEMO_CLASSES, DEMO_RECIPE, EVAL_FIRST_SEED, DemoClass
 
 
 def demo_config(steps: int | None = None, backprop_depth: int | None = None, seed: int = 0,
-                **overrides) -> TrainConfig:
-    """The demo's settings: the paper's preset with the world's demo recipe and sampling, then ``overrides``."""
+                recipe: str = DEFAULT_PRESET, **overrides) -> TrainConfig:
+    """The demo's settings: a recipe (the default one unless asked) with the world's prompts and sampling, then
+    ``overrides``."""
     given = {k: v for k, v in dict(max_steps=steps, backprop_depth=backprop_depth, **overrides).items()
              if v is not None}
-    if steps is not None:
-        given.setdefault("patience", steps)  # the demo never stops on patience, only on an all-correct batch
-    return preset_config(DEFAULT_PRESET, **{**DEMO_RECIPE, "sampling": SAMPLING, "seed": seed, **given})
+    return preset_config(recipe, **{**DEMO_RECIPE, "sampling": SAMPLING, "seed": seed, **given})
 
 
 @dataclass
@@ -65,6 +64,8 @@ class DemoReport:
         return {
             "world": "dct demo world (procedural 32x32 scenes)",
             "classifiers": self.classifiers,
+            "recipe": self.recipe,
+            "gradient_point": self.config.gradient_point,
             "backprop_depth": self.config.backprop_depth,
             "train_steps_max": self.config.max_steps,
             "batch_size": self.config.batch_size,
@@ -104,6 +105,7 @@ def run_demo(
     json_path: str | Path | None = None,
     world_dir: str | Path | None = None,
     overrides: dict | None = None,
+    recipe: str = DEFAULT_PRESET,
     on_class: Callable[[DemoClass], None] | None = None,
     on_step: Callable[[StepRecord, torch.Tensor], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
@@ -113,10 +115,10 @@ def run_demo(
     guide, held_out = (load_world_classifier(role, world_dir) for role in ("guide", "held-out"))
     judges = {guide.name: guide, held_out.name: held_out}
     entropy = variety_reader()
-    config = demo_config(steps, backprop_depth, seed, **(overrides or {}))
+    config = demo_config(steps, backprop_depth, seed, recipe, **(overrides or {}))
     config.validate()
     seeds = list(range(EVAL_FIRST_SEED, EVAL_FIRST_SEED + num_images))
-    report = DemoReport([], {"guiding": guide.name, "held_out": held_out.name}, config, num_images)
+    report = DemoReport([], {"guiding": guide.name, "held_out": held_out.name}, config, num_images, recipe=recipe)
     grid_rows, grid_labels = [], []
     for target in _select(classes):
         if on_class is not None:
@@ -127,7 +129,7 @@ def run_demo(
         outcome = run_training(
             TrainJob(backend, guide, index, cfg, name=sanitize_name(target.label), prompt_label=target.word,
                      out=out / f"{sanitize_name(target.label)}.safetensors", overwrite=overwrite,
-                     overwrite_hint="pass --overwrite", recipe="demo world", base_model="dct demo world"),
+                     overwrite_hint="pass --overwrite", recipe=recipe, base_model="dct demo world"),
             on_step=on_step, should_cancel=should_cancel,
         )
         result = outcome.result

@@ -20,7 +20,7 @@ from .classifiers import Classifier
 from .config import TrainConfig
 from .errors import DCTError
 from .freezing import frozen
-from .prompts import prompts_for_batch
+from .prompts import prompts_for_batch, strip_token
 from .tokens import ClassToken
 
 VALIDATION_FIRST_SEED = 1_000_000  # validation seeds: never among the training seeds
@@ -122,10 +122,11 @@ def train_class_token(
                 if n not in negatives:
                     with torch.no_grad():
                         negatives[n] = backend.negative(config.sampling.negative_prompt, n)
-                outs = _images_with_gradient(backend, config, prompts[lo:hi], params, negatives[n],
-                                             step_seeds[lo:hi], steps_at)
+                outs, drift = _images_with_gradient(backend, config, prompts[lo:hi], params, negatives[n],
+                                                    step_seeds[lo:hi], steps_at)
                 logits = [classifier(pixels) for pixels in outs]
-                loss = torch.stack([judge.loss(lg).sum() for lg in logits]).sum() / (batch * len(outs))
+                loss = torch.stack([judge.loss(lg).sum() + config.preserve * d.sum()
+                                    for lg, d in zip(logits, drift)]).sum() / (batch * len(outs))
                 loss = loss + _regularizer(config, params, init) * n / batch
                 (scaler.scale(loss) if scaler else loss).backward()
                 loss_sum += float(loss.detach())
@@ -161,7 +162,7 @@ def train_class_token(
             )
             result.history.append(record)
             key = record.selection_key()
-            if best_key is None or key > best_key:
+            if config.keep == "last" or best_key is None or key > best_key:
                 best_key, result.best_step = key, step
                 result.token = _token(snapshot, name, metadata, record)
             if on_step is not None:
@@ -170,7 +171,8 @@ def train_class_token(
                 best_loss, since_better = record.loss, 0
             else:
                 since_better += 1
-            if key[0] >= config.accuracy_threshold:
+            window = [r.selection_key()[0] for r in result.history[-config.threshold_window:]]
+            if len(window) == config.threshold_window and sum(window) / len(window) >= config.accuracy_threshold:
                 result.stopped = "threshold"
                 break
             if since_better >= config.patience:
@@ -209,8 +211,11 @@ def _gradient_steps(config: TrainConfig, rng: torch.Generator) -> list[int]:
 
 
 def _images_with_gradient(backend: Backend, config: TrainConfig, prompts: list[str], params: Vectors,
-                          negative: Conditioning, seeds: list[int], steps_at: list[int]) -> list[torch.Tensor]:
-    """Decoded images that carry the token's gradient, at the configured gradient point(s).
+                          negative: Conditioning, seeds: list[int],
+                          steps_at: list[int]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Decoded images that carry the token's gradient, at the configured gradient point(s), and per image how
+    far each drifted from what the prompt alone makes on the same seed (mean squared latent difference; zeros
+    unless ``preserve`` is set).
 
     "last": the trajectory without gradient up to its last K steps, those with gradient (the paper's gradient
     skipping when K = 1). "x0": the guided model's prediction of the clean image at intermediate steps
@@ -220,19 +225,42 @@ def _images_with_gradient(backend: Backend, config: TrainConfig, prompts: list[s
     with torch.no_grad():
         plain = backend.encode(prompts, params)
     if config.gradient_point == "x0":
-        out = []
-        for at in steps_at:
+        baseline = _prompt_alone(backend, config, prompts, negative, seeds, steps_at)
+        out, drift = [], []
+        for i, at in enumerate(steps_at):
             with torch.no_grad():
                 backend.denoise(traj, plain, negative, at - traj.done)
             x0 = backend.predict_x0(traj, backend.encode(prompts, params), negative)
             out.append(backend.decode(x0, checkpoint=config.checkpointing))
-        return out
+            drift.append(_drift(x0, baseline[i] if baseline else None))
+        return out, drift
     depth = config.backprop_depth
     with torch.no_grad():  # gradient skipping: the trajectory up to the last K steps
         backend.denoise(traj, plain, negative, traj.remaining - depth)
     cond = backend.encode(prompts, params)
     latents = backend.denoise(traj, cond, negative, depth, checkpoint=depth > 1 or config.checkpointing)
-    return [backend.decode(latents, checkpoint=config.checkpointing)]
+    return [backend.decode(latents, checkpoint=config.checkpointing)], [_drift(latents, None)]
+
+
+@torch.no_grad()
+def _prompt_alone(backend: Backend, config: TrainConfig, prompts: list[str], negative: Conditioning,
+                  seeds: list[int], steps_at: list[int]) -> list[torch.Tensor]:
+    """The x0 predictions without the token at the same steps of the same seeds (only when ``preserve``)."""
+    if not config.preserve:
+        return []
+    traj = backend.start(seeds, config.sampling)
+    cond = backend.encode([strip_token(p) for p in prompts], None)
+    out = []
+    for at in steps_at:
+        backend.denoise(traj, cond, negative, at - traj.done)
+        out.append(backend.predict_x0(traj, cond, negative))
+    return out
+
+
+def _drift(latents: torch.Tensor, baseline: torch.Tensor | None) -> torch.Tensor:
+    if baseline is None:
+        return latents.new_zeros(latents.shape[0])
+    return (latents.float() - baseline.float()).square().flatten(1).mean(1)
 
 
 def _regularizer(config: TrainConfig, params: Vectors, init: Vectors) -> torch.Tensor | float:

@@ -171,3 +171,101 @@ def test_fresh_seeds_draw_new_images_each_step(sd1_world):
     assert torch.allclose(same[0], same[1], atol=1e-4)  # the paper's fixed seeds: the same images
     assert torch.equal(fresh[0], same[0])  # step 0 uses seed, seed+1, ... either way
     assert (fresh[1] - fresh[0]).abs().max() > 0.05  # then seeds from seed + step * batch
+
+
+class _Spy:
+    """Wraps a backend and records how it is driven."""
+
+    def __init__(self, backend):
+        self.inner, self.calls = backend, []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def denoise(self, traj, cond, uncond, num_steps, **kw):
+        self.calls.append(("denoise", num_steps, torch.is_grad_enabled()))
+        return self.inner.denoise(traj, cond, uncond, num_steps, **kw)
+
+    def predict_x0(self, traj, cond, uncond):
+        self.calls.append(("x0", traj.done, torch.is_grad_enabled()))
+        return self.inner.predict_x0(traj, cond, uncond)
+
+
+def test_the_x0_gradient_point_predicts_at_intermediate_steps_and_stops_the_trajectory_there(sd1_world):
+    backend, classifier = sd1_world
+    spy = _Spy(backend)
+    config = TrainConfig(max_steps=3, gradient_point="x0", x0_points=2, x0_interval=(0.25, 0.75), **FAST)
+    result = train_class_token(spy, classifier, 1, "tiger cat", config)
+    assert len(result.history) == 3
+    predictions = [c for c in spy.calls if c[0] == "x0"]
+    assert predictions and all(c[2] for c in predictions)  # x0 carries the gradient
+    assert all(1 <= c[1] <= 3 for c in predictions)  # within the interval of 4 sampling steps
+    assert not any(c[2] for c in spy.calls if c[0] == "denoise")  # no sampling step with gradient
+    walked = sum(c[1] for c in spy.calls if c[0] == "denoise")
+    assert walked < 3 * TINY_SAMPLING.steps  # the trajectory stops at the last prediction, never runs to the end
+
+
+def test_validation_picks_the_returned_token_and_drives_the_stop(sd1_world):
+    backend, classifier = sd1_world
+    config = TrainConfig(max_steps=3, validation_images=3, **FAST)
+    result = train_class_token(backend, classifier, 1, "tiger cat", config)
+    assert all(r.val_accuracy is not None for r in result.history)
+    best = max(result.history, key=lambda r: r.selection_key())
+    assert result.best_step == best.step and result.token.metadata["steps"] == str(best.step)
+
+
+def test_the_enough_prob_margin_leaves_confident_images_alone():
+    from dct_core.training import _Judge
+
+    class Flat:
+        multi_label = False
+
+        def loss(self, logits, target, on=True):
+            return torch.nn.functional.cross_entropy(logits, torch.full((logits.shape[0],), target), reduction="none")
+
+    logits = torch.tensor([[4.0, 0.0], [0.0, 0.0]])  # p(target 0) = 0.98 and 0.5
+    plain, capped = _Judge(Flat(), 0, True), _Judge(Flat(), 0, True, enough_prob=0.9)
+    assert capped.loss(logits)[0] == 0 and plain.loss(logits)[0] > 0
+    torch.testing.assert_close(capped.loss(logits)[1], plain.loss(logits)[1] + torch.log(torch.tensor(0.9)))
+
+
+def test_norm_cap_keeps_the_token_near_the_vocabulary_scale(sd1_world):
+    backend, classifier = sd1_world
+    result = train_class_token(backend, classifier, 1, "tiger cat",
+                               TrainConfig(max_steps=3, norm_cap=1.01, **{**FAST, "lr": 1.0}))
+    init = backend.init_vectors("a", 1)["clip_l"].cpu()
+    assert float(result.token.vectors["clip_l"].norm()) <= 1.01 * float(init.norm()) + 1e-4
+
+
+def test_the_threshold_counts_a_window_of_steps_not_one_lucky_batch(sd1_world, monkeypatch):
+    backend, classifier = sd1_world
+    import dct_core.training as training
+
+    hits = iter([2, 0, 2, 2, 2, 2])  # accuracy per step: 1.0, 0.0, 1.0, 1.0, ...
+
+    class Lucky(training._Judge):
+        def hits(self, logits):
+            return torch.tensor([1] * next(hits))
+
+    monkeypatch.setattr(training, "_Judge", Lucky)
+    one = train_class_token(backend, classifier, 1, "tiger cat", TrainConfig(max_steps=6, **FAST))
+    assert one.stopped == "threshold" and len(one.history) == 1
+    hits = iter([2, 0, 2, 2, 2, 2])
+    window = train_class_token(backend, classifier, 1, "tiger cat",
+                               TrainConfig(max_steps=6, threshold_window=2, **FAST))
+    assert window.stopped == "threshold" and len(window.history) == 4  # (0 + 1) / 2 < 1 until steps 3 and 4
+
+
+def test_preserve_compares_each_image_with_what_the_prompt_alone_makes(sd1_world):
+    backend, classifier = sd1_world
+    spy = _Spy(backend)
+    config = TrainConfig(max_steps=1, gradient_point="x0", preserve=5.0, **FAST)
+    records = []
+    train_class_token(spy, classifier, 1, "tiger cat", config, on_step=lambda r, i: records.append(r))
+    predictions = [c for c in spy.calls if c[0] == "x0"]
+    assert [c[2] for c in predictions] == [False, True]  # the prompt alone (no grad), then with the token
+    assert predictions[0][1] == predictions[1][1]  # at the same step of the same seeds
+    plain = TrainConfig(max_steps=1, gradient_point="x0", **FAST)
+    baseline = []
+    train_class_token(backend, classifier, 1, "tiger cat", plain, on_step=lambda r, i: baseline.append(r))
+    assert records[0].loss >= baseline[0].loss  # the drift term adds to the loss (the token starts as "a")

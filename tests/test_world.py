@@ -6,10 +6,11 @@ import json
 import pytest
 import torch
 
-from dct_core.demo import DEMO_CLASSES, run_demo
+from dct_core.demo import run_demo
 from dct_core.evaluation import WITH, WITHOUT
 from dct_core.world import WEIGHTS_DIR, load_world_backend, load_world_classifier
 from dct_core.world.classifier_training import accuracy
+from dct_core.world.facts import DEMO_CLASSES
 from dct_core.world.model import SpaceToDepthAutoencoder
 from dct_core.world.scenes import AMBIGUOUS, CLASSES, FINE_DETAIL, LABELS, sample_scenes
 from dct_core.world.train import record_baseline
@@ -85,16 +86,25 @@ def test_committed_world_reproduces_recorded_baseline():
             assert now["classes"][label][name]["top1"] == pytest.approx(acc["top1"], abs=slack), (label, name)
 
 
+# Reduced `dct demo` (default recipe, 12 steps, 32 fresh seeds) measured: toy kite +43.8 held-out points, colour
+# entropy ratio 0.92, all attributes 0.99; warbler +15.6, 1.14, 0.97 (the full demo's numbers are in the README).
+GUARD = {"toy kite": 0.25, "red-throated warbler": 0.10}  # least held-out top-1 gain
+
+
 @pytest.mark.parametrize("target", DEMO_CLASSES, ids=lambda c: c.kind)
-def test_class_token_raises_held_out_accuracy(tmp_path, target):
-    """A reduced `dct demo` (8 steps, 32 fresh seeds) guards the method's efficacy: the token must raise the
-    held-out classifier's top-1 by at least 20 points (measured: +41 for the toy kite, +34 for the warbler; the full
-    demo's +50 / +45 are in the README). Below that the method, the world or a default has broken."""
-    report = run_demo(tmp_path, classes=[target.label], steps=8, num_images=32, json_path=tmp_path / "t.json")
+def test_the_default_recipe_teaches_the_class_and_keeps_the_variety(tmp_path, target):
+    """Guards the method's efficacy AND what it must leave alone: the token must raise the held-out classifier's
+    top-1, keep the colour and the other free attributes about as varied as the prompt alone, and bring the images
+    closer to real renders of the class. Below these bounds the method, the world or a default has broken."""
+    report = run_demo(tmp_path, classes=[target.label], steps=12, num_images=32, json_path=tmp_path / "t.json")
     row = report.rows[0]
     held_out = row.accuracy["world:held-out"]
     gain = held_out[WITH]["top1"] - held_out[WITHOUT]["top1"]
-    assert gain >= 0.20, f"held-out top-1 {held_out[WITHOUT]['top1']:.2f} -> {held_out[WITH]['top1']:.2f}"
+    assert gain >= GUARD[target.label], f"held-out {held_out[WITHOUT]['top1']:.2f} -> {held_out[WITH]['top1']:.2f}"
+    ratio = row.quality["variety"]["ratio"]
+    assert ratio["color"] >= 0.85 and ratio["total"] >= 0.9, ratio
+    assert row.quality["frechet"]["with"] < row.quality["frechet"]["without"]
+    assert abs(row.quality["fooling_gap"]) <= 0.25
     data = json.loads((tmp_path / "t.json").read_text())
     assert data["classifiers"] == {"guiding": "world:guide", "held_out": "world:held-out"}
     assert set(data["classes"][0]["accuracy"]) == {"world:guide", "world:held-out"}
