@@ -383,8 +383,10 @@ def cmd_eval(args) -> int:
     classifier, target = _classifier(args)
     token = load_class_token(args.token) if args.token else None
     named = named_model(args.model)
-    held_out = load_classifier(args.held_out, trust_code=args.trust_code) if args.held_out else None
-    features = load_classifier(args.feature_classifier, trust_code=args.trust_code) \
+    # The held-out judge names the same classes: it reads the same --labels when given.
+    held_out = load_classifier(args.held_out, labels=args.labels, trust_code=args.trust_code) \
+        if args.held_out else None
+    features = load_classifier(args.feature_classifier, labels=args.labels, trust_code=args.trust_code) \
         if args.feature_classifier else (held_out or classifier)
     reference = _reference_images(args, named, classifier.class_name(target), sampling.resolution)
     backend = _backend(args)

@@ -107,3 +107,29 @@ def test_eval_on_the_demo_world(capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["prompt_label"] == "kite" and report["num_images"] == 4
     assert 0 <= report["results"]["without token"]["top1"] <= report["results"]["without token"]["top5"] <= 1
+
+
+def test_eval_reports_fooling_gap_and_frechet_distance(files, capsys, tmp_path):
+    from PIL import Image
+
+    root, clf = files
+    out = root / "q.safetensors"
+    assert main(["train", "--model", str(root / "model"), *clf, "--class", "tiger cat", "--out", str(out),
+                 "--steps", "2", "--batch-size", "2", *GEN]) == 0
+    reference = tmp_path / "real"
+    reference.mkdir()
+    for i in range(4):
+        Image.fromarray((torch.rand(32, 32, 3) * 255).byte().numpy()).save(reference / f"{i}.png")
+    capsys.readouterr()
+    spec = f"timm:test_resnet@{root / 'clf.safetensors'}"
+    args = ["eval", "--model", str(root / "model"), *clf, "--class", "tiger cat", "--token", str(out),
+            "--num-images", "4", "--held-out", spec, "--reference", str(reference), *GEN]
+    assert main([*args, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["fooling_gap"] is not None and set(report["judges"]) == {clf[1], f"held-out {spec}"}
+    assert report["frechet"]["with"] is not None and report["frechet"]["reference_images"] == 4
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "fooling gap" in text and "Frechet distance to 4 real images" in text
+    assert main([*args[:-len(GEN)], "--reference", "model", *GEN]) == 2
+    assert "--reference model needs a built-in model" in capsys.readouterr().err

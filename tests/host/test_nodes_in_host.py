@@ -358,3 +358,29 @@ def test_the_engines_adaptive_sampling_runs_on_the_host_backend(host, loaded, cl
                                     AdaptiveConfig(rho=0.5, steps=(0, 1)))
     torch.testing.assert_close(same, plain, rtol=0, atol=1e-4)  # step by step through the host sampler
     assert (steered - plain).abs().max() > 1e-3  # ten times what stepping alone changes
+
+
+def test_the_recipe_combo_decides_what_is_left_at_zero(host, loaded, classifier, monkeypatch):
+    """A new node (settings at 0 / empty) trains with the chosen recipe; a workflow saved before the recipe input
+    existed runs the paper's recipe with its own values, as it did then."""
+    import dct_core.run as run_mod
+    from dct_core.training import train_class_token
+
+    train_mod = pytest.importorskip("dct_pack.nodes.train_node")
+    configs = []
+
+    def spy(*args, **kwargs):
+        configs.append(args[4])
+        return train_class_token(*args, **kwargs)
+
+    monkeypatch.setattr(run_mod, "train_class_token", spy)
+    model, clip, vae = loaded
+    fresh = dict(init_word="", templates="", learning_rate=0.0, batch_size=0, accuracy_threshold=0.0, patience=0,
+                 backprop_depth=0, steps=1, save_name="")
+    _run(train_mod.TrainClassToken, **_train_inputs(model, clip, vae, classifier, recipe="balanced", **fresh))
+    _run(train_mod.TrainClassToken, **_train_inputs(model, clip, vae, classifier, recipe="paper", **fresh))
+    _run(train_mod.TrainClassToken, **_train_inputs(model, clip, vae, classifier, steps=1, save_name=""))
+    balanced, paper, old = configs
+    assert balanced.gradient_point == "x0" and balanced.lr == 0.05 and balanced.fresh_seeds
+    assert paper.gradient_point == "last" and paper.lr == 0.00125 and paper.batch_size == 5
+    assert old.gradient_point == "last" and old.lr == 0.1 and old.backprop_depth == 3  # its own values, paper's rest
