@@ -74,6 +74,7 @@ class TrainJob:
     base_model: str = ""
     classifier_name: str | None = None
     sampler: str = ""
+    cancel_exceptions: tuple[type[BaseException], ...] = ()  # the host's "cancel" raised mid-step
 
     @property
     def label(self) -> str:
@@ -126,7 +127,7 @@ def run_training(
     out = check_job(job)
     result = train_class_token(job.backend, job.classifier, job.target, job.label, job.config, name=job.name,
                                on_step=on_step, should_cancel=should_cancel, metadata=token_metadata(job),
-                               target_on=job.target_on)
+                               target_on=job.target_on, cancel_exceptions=job.cancel_exceptions)
     result.token.metadata.update(trained_steps=str(len(result.history)), stopped=result.stopped)
     outcome = RunOutcome(result)
     if out is None or not result.history:

@@ -51,6 +51,7 @@ class TrainResult:
     history: list[StepRecord] = field(default_factory=list)
     best_step: int = -1
     stopped: str = "max_steps"  # "threshold" | "patience" | "max_steps" | "cancelled" | "non-finite"
+    cancel_exception: BaseException | None = None  # the host's cancel, to raise again once the token is kept
 
     @property
     def best(self) -> StepRecord | None:
@@ -75,12 +76,15 @@ def train_class_token(
     should_cancel: Callable[[], bool] | None = None,
     metadata: dict[str, str] | None = None,
     target_on: bool = True,
+    cancel_exceptions: tuple[type[BaseException], ...] = (),
 ) -> TrainResult:
     """Learn v_c so that images of "<template with {token} and label>" are classified as ``target``
     (for a multi-label classifier: with attribute ``target`` on, or off when ``target_on`` is False).
 
     ``on_step(record, images)`` gets each step's record and its decoded batch (CPU, [0, 1]);
     ``should_cancel()`` is polled before each step and micro-batch: a cancelled run returns the best token so far.
+    ``cancel_exceptions``: what a host raises from inside a step to cancel (ComfyUI since 2026 raises its
+    interrupt in every op); caught, the run ends as cancelled with the best token and the exception kept.
     """
     config.validate()
     if not 0 <= target < classifier.num_classes:
@@ -105,79 +109,82 @@ def train_class_token(
     best_key, best_loss, since_better = None, float("inf"), 0
     with frozen([*backend.modules(), classifier.module]), _autocast(device, dtype):
         negatives: dict[int, Conditioning] = {}
-        for step in range(config.max_steps):
-            started = time.perf_counter()
-            step_seeds = [s + step * batch for s in seeds] if config.fresh_seeds else seeds
-            optimizer.zero_grad(set_to_none=True)
-            snapshot = {k: p.detach().clone() for k, p in params.items()}  # the token this batch is made with
-            steps_at = _gradient_steps(config, points)
-            loss_sum, probs, hits, images = 0.0, [], 0, []
-            cancelled = False
-            for lo in range(0, batch, micro):
-                if should_cancel is not None and should_cancel():
-                    cancelled = True
+        try:
+            for step in range(config.max_steps):
+                started = time.perf_counter()
+                step_seeds = [s + step * batch for s in seeds] if config.fresh_seeds else seeds
+                optimizer.zero_grad(set_to_none=True)
+                snapshot = {k: p.detach().clone() for k, p in params.items()}  # the token this batch is made with
+                steps_at = _gradient_steps(config, points)
+                loss_sum, probs, hits, images = 0.0, [], 0, []
+                cancelled = False
+                for lo in range(0, batch, micro):
+                    if should_cancel is not None and should_cancel():
+                        cancelled = True
+                        break
+                    hi = min(lo + micro, batch)
+                    n = hi - lo
+                    if n not in negatives:
+                        with torch.no_grad():
+                            negatives[n] = backend.negative(config.sampling.negative_prompt, n)
+                    outs, drift = _images_with_gradient(backend, config, prompts[lo:hi], params, negatives[n],
+                                                        step_seeds[lo:hi], steps_at)
+                    logits = [classifier(pixels) for pixels in outs]
+                    loss = torch.stack([judge.loss(lg).sum() + config.preserve * d.sum()
+                                        for lg, d in zip(logits, drift)]).sum() / (batch * len(outs))
+                    loss = loss + _regularizer(config, params, init) * n / batch
+                    (scaler.scale(loss) if scaler else loss).backward()
+                    loss_sum += float(loss.detach())
+                    probs.append(judge.prob(logits[-1]).cpu())
+                    hits += int(judge.hits(logits[-1]).sum())
+                    images.append(outs[-1].detach().float().cpu())
+                if cancelled:
+                    result.stopped = "cancelled"
                     break
-                hi = min(lo + micro, batch)
-                n = hi - lo
-                if n not in negatives:
-                    with torch.no_grad():
-                        negatives[n] = backend.negative(config.sampling.negative_prompt, n)
-                outs, drift = _images_with_gradient(backend, config, prompts[lo:hi], params, negatives[n],
-                                                    step_seeds[lo:hi], steps_at)
-                logits = [classifier(pixels) for pixels in outs]
-                loss = torch.stack([judge.loss(lg).sum() + config.preserve * d.sum()
-                                    for lg, d in zip(logits, drift)]).sum() / (batch * len(outs))
-                loss = loss + _regularizer(config, params, init) * n / batch
-                (scaler.scale(loss) if scaler else loss).backward()
-                loss_sum += float(loss.detach())
-                probs.append(judge.prob(logits[-1]).cpu())
-                hits += int(judge.hits(logits[-1]).sum())
-                images.append(outs[-1].detach().float().cpu())
-            if cancelled:
-                result.stopped = "cancelled"
-                break
-            if scaler:
-                scaler.unscale_(optimizer)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(list(params.values()), config.max_grad_norm))
-            if not torch.isfinite(torch.tensor([loss_sum, grad_norm])).all():
-                result.stopped = "non-finite"
-                break
-            validation = _validate(backend, judge, config, label, snapshot, negatives) \
-                if config.validation_images else None
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            _cap_norm(config, params, init)
-            record = StepRecord(
-                step=step,
-                loss=loss_sum,
-                accuracy=hits / batch,
-                target_prob=float(torch.cat(probs).mean()),
-                grad_norm=grad_norm,
-                seconds=time.perf_counter() - started,
-                val_accuracy=None if validation is None else validation[0],
-                val_loss=None if validation is None else validation[1],
-            )
-            result.history.append(record)
-            key = record.selection_key()
-            if config.keep == "last" or best_key is None or key > best_key:
-                best_key, result.best_step = key, step
-                result.token = _token(snapshot, name, metadata, record)
-            if on_step is not None:
-                on_step(record, torch.cat(images))
-            if record.loss < best_loss:
-                best_loss, since_better = record.loss, 0
-            else:
-                since_better += 1
-            window = [r.selection_key()[0] for r in result.history[-config.threshold_window:]]
-            if len(window) == config.threshold_window and sum(window) / len(window) >= config.accuracy_threshold:
-                result.stopped = "threshold"
-                break
-            if since_better >= config.patience:
-                result.stopped = "patience"
-                break
+                if scaler:
+                    scaler.unscale_(optimizer)
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(list(params.values()), config.max_grad_norm))
+                if not torch.isfinite(torch.tensor([loss_sum, grad_norm])).all():
+                    result.stopped = "non-finite"
+                    break
+                validation = _validate(backend, judge, config, label, snapshot, negatives) \
+                    if config.validation_images else None
+                if scaler:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                _cap_norm(config, params, init)
+                record = StepRecord(
+                    step=step,
+                    loss=loss_sum,
+                    accuracy=hits / batch,
+                    target_prob=float(torch.cat(probs).mean()),
+                    grad_norm=grad_norm,
+                    seconds=time.perf_counter() - started,
+                    val_accuracy=None if validation is None else validation[0],
+                    val_loss=None if validation is None else validation[1],
+                )
+                result.history.append(record)
+                key = record.selection_key()
+                if config.keep == "last" or best_key is None or key > best_key:
+                    best_key, result.best_step = key, step
+                    result.token = _token(snapshot, name, metadata, record)
+                if on_step is not None:
+                    on_step(record, torch.cat(images))
+                if record.loss < best_loss:
+                    best_loss, since_better = record.loss, 0
+                else:
+                    since_better += 1
+                window = [r.selection_key()[0] for r in result.history[-config.threshold_window:]]
+                if len(window) == config.threshold_window and sum(window) / len(window) >= config.accuracy_threshold:
+                    result.stopped = "threshold"
+                    break
+                if since_better >= config.patience:
+                    result.stopped = "patience"
+                    break
+        except cancel_exceptions as exc:  # a host that cancels by raising mid-step: keep the best token
+            result.stopped, result.cancel_exception = "cancelled", exc
     return result
 
 

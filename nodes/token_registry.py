@@ -38,15 +38,27 @@ def with_trigger(text: str, trigger: str) -> str:
     return re.sub(pattern, f"embedding:{trigger}", text)
 
 
+def _returns_name(original, sub) -> bool:
+    """Whether the host's ``_try_get_embedding`` returns (embed, name, leftover), as 2026 hosts do, or
+    (embed, leftover), as 0.3.64 does: asked once, of a name it cannot find, with no folder to search."""
+    directory = sub.embedding_directory
+    sub.embedding_directory = []
+    try:
+        return len(original("dct-no-such-embedding")) == 3
+    finally:
+        sub.embedding_directory = directory
+
+
 def _install(sub, trigger: str, vectors: torch.Tensor) -> tuple:
     original = sub._try_get_embedding
+    with_name = _returns_name(original, sub)
 
     def lookup(embedding_name: str):
         words = embedding_name.split()
         if words and words[0].rstrip(",") == trigger:
             tail = words[0][len(trigger):]  # a trailing comma belongs to the text that follows
             leftover = " ".join(([tail] if tail else []) + words[1:])
-            return vectors, leftover
+            return (vectors, trigger, leftover) if with_name else (vectors, leftover)
         return original(embedding_name)
 
     saved = (sub.__dict__.get("_try_get_embedding"), sub.embedding_directory)

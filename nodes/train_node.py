@@ -170,11 +170,14 @@ class TrainClassToken(io.ComfyNode):
                                    decoder=_load_decoder(decoder, model))
             job = TrainJob(backend, classifier, target, config, name=name or "class-token", out=out,
                            overwrite=overwrite, overwrite_hint=OVERWRITE_HINT, recipe=recipe,
-                           base_model=type(model.model).__name__, sampler=f"{sampler_name}/{scheduler}")
+                           base_model=type(model.model).__name__, sampler=f"{sampler_name}/{scheduler}",
+                           cancel_exceptions=_host_interrupts())
             outcome = run_training(job, on_step=on_step, should_cancel=mm.processing_interrupted)
             result = outcome.result
             if outcome.save_error is not None:
                 raise RuntimeError(outcome.save_error)
+            if result.cancel_exception is not None:
+                raise result.cancel_exception  # the host cancelled mid-step (and cleared its flag): hand it back
             if result.stopped == "cancelled":
                 mm.throw_exception_if_processing_interrupted()  # hand the Cancel back to the host
             vectors = {k: v.to(backend.device) for k, v in result.token.vectors.items()}
@@ -190,6 +193,14 @@ class TrainClassToken(io.ComfyNode):
                                            row_labels=["without\ntoken", "with\ntoken"]))
         return io.NodeOutput(result.token, pil_to_host_image(plot), grid,
                              ui=ui.PreviewText(summary))
+
+
+def _host_interrupts() -> tuple[type[BaseException], ...]:
+    """The exception the host raises for Cancel (mid-forward since 2026 hosts check it in every op)."""
+    import comfy.model_management as mm
+
+    kind = getattr(mm, "InterruptProcessingException", None)
+    return (kind,) if isinstance(kind, type) and issubclass(kind, BaseException) else ()
 
 
 def _load_decoder(choice: str, model):

@@ -384,3 +384,47 @@ def test_the_recipe_combo_decides_what_is_left_at_zero(host, loaded, classifier,
     assert balanced.gradient_point == "x0" and balanced.lr == 0.05 and balanced.fresh_seeds
     assert paper.gradient_point == "last" and paper.lr == 0.00125 and paper.batch_size == 5
     assert old.gradient_point == "last" and old.lr == 0.1 and old.backprop_depth == 3  # its own values, paper's rest
+
+
+@pytest.mark.parametrize("host_returns", [2, 3])
+def test_the_trigger_lookup_answers_in_the_hosts_own_shape(host, host_returns):
+    """0.3.64's _try_get_embedding returns (embed, leftover); 2026 hosts return (embed, name, leftover)."""
+    registry = _node(host, "token_registry", "_install").__globals__
+
+    class Sub:
+        embedding_directory = None
+
+        def _try_get_embedding(self, name):
+            assert self.embedding_directory is not None  # the probe never searches a missing folder
+            words = name.split()
+            return (None, words[0], " ".join(words[1:])) if host_returns == 3 else (None, " ".join(words[1:]))
+
+    sub, vectors = Sub(), torch.ones(1, 768)
+    registry["_install"](sub, "tc", vectors)
+    answer = sub._try_get_embedding("tc, a cat")
+    assert len(answer) == host_returns and answer[0] is vectors and answer[-1] == ", a cat"
+    assert len(sub._try_get_embedding("other thing")) == host_returns and sub.embedding_directory == []
+
+
+def test_a_cancel_raised_mid_step_still_keeps_the_best_token(host, loaded, classifier, monkeypatch):
+    """2026 hosts raise their interrupt inside any op (and clear the flag): the best token so far is still
+    saved and the interrupt reaches the host."""
+    import comfy.model_management as mm
+
+    model, clip, vae = loaded
+    train_mod = __import__("dct_pack.nodes.train_node", fromlist=["x"])
+    calls = []
+    forward = type(classifier).__call__
+
+    def raising(self, images):
+        calls.append(1)
+        if len(calls) == 3:  # the third classification: inside the third optimization step
+            raise mm.InterruptProcessingException()
+        return forward(self, images)
+
+    monkeypatch.setattr(type(classifier), "__call__", raising)
+    with pytest.raises(mm.InterruptProcessingException):
+        _run(train_mod.TrainClassToken, **_train_inputs(model, clip, vae, classifier, steps=20, backprop_depth=1,
+                                                        save_name="cancelled-mid-step"))
+    token = load_class_token(host["models"] / "embeddings" / "cancelled-mid-step.safetensors")
+    assert token.metadata["stopped"] == "cancelled" and token.metadata["trained_steps"] == "2"
