@@ -10,11 +10,11 @@ copies, and the updated tensors replace only those copies.
 from __future__ import annotations
 
 import torch
-from comfy_api.latest import io
 
 from dct_core.adaptive import AdaptiveConfig, class_score, date_update
 from dct_core.errors import DCTError
 
+from .host_api import io
 from .host_autograd import autograd_enabled, trainable_weights
 from .sockets import CATEGORY, ClassifierSocket
 

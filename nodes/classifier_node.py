@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from comfy_api.latest import io, ui
-
 from dct_core.classifiers import load_classifier
 from dct_core.errors import DCTError
 
 from . import folders
+from .host_api import io, ui
 from .sockets import CATEGORY, ClassifierSocket
 
 KINDS = ["auto", "zero-shot CLIP"]

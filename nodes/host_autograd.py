@@ -15,9 +15,29 @@ import torch
 
 @contextmanager
 def autograd_enabled() -> Iterator[None]:
-    """Leave the host's inference mode (``enable_grad`` alone does nothing inside it)."""
-    with torch.inference_mode(False), torch.enable_grad():
+    """Leave the host's inference mode (``enable_grad`` alone does nothing inside it), and tell hosts that have
+    the flag (2026 cores) that a training runs: ``comfy.model_management.in_training`` switches fused,
+    in-place kernels to autograd-safe ones, as the host's own trainer sets it. Restored exactly afterwards."""
+    with torch.inference_mode(False), torch.enable_grad(), _host_training_flag():
         yield
+
+
+@contextmanager
+def _host_training_flag() -> Iterator[None]:
+    try:
+        import comfy.model_management as mm
+    except ImportError:  # the engine used without a host
+        yield
+        return
+    if not hasattr(mm, "in_training"):  # 0.3.64 has no such flag: leave the module untouched
+        yield
+        return
+    before = mm.in_training
+    mm.in_training = True
+    try:
+        yield
+    finally:
+        mm.in_training = before
 
 
 @contextmanager

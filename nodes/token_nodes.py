@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import re
 
-from comfy_api.latest import io, ui
-
 from dct_core.errors import DCTError
 from dct_core.tokens import ClassToken, load_class_token, sanitize_name, save_class_token, validate_class_token
 
 from . import folders
+from .host_api import io, ui
 from .sockets import CATEGORY, ClassTokenSocket
 from .token_registry import clip_with_token, text_models, token_registered, with_trigger
 

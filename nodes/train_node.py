@@ -3,8 +3,6 @@ and a clean Cancel; the token is saved atomically to models/embeddings."""
 
 from __future__ import annotations
 
-from comfy_api.latest import io, ui
-
 from dct_core.config import DEFAULT_PRESET, PRESETS, SamplingConfig, preset_config
 from dct_core.errors import DCTError
 from dct_core.images import make_grid
@@ -14,6 +12,7 @@ from dct_core.tokens import check_save_target, sanitize_name, token_path
 
 from . import folders
 from .comfy_backend import ComfyBackend
+from .host_api import io, ui
 from .host_autograd import autograd_enabled, out_of_place_clip, trainable_weights
 from .images import captioned, pil_to_host_image
 from .sockets import CATEGORY, ClassifierSocket, ClassTokenSocket

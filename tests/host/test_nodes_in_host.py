@@ -428,3 +428,25 @@ def test_a_cancel_raised_mid_step_still_keeps_the_best_token(host, loaded, class
                                                         save_name="cancelled-mid-step"))
     token = load_class_token(host["models"] / "embeddings" / "cancelled-mid-step.safetensors")
     assert token.metadata["stopped"] == "cancelled" and token.metadata["trained_steps"] == "2"
+
+
+def test_the_host_training_flag_is_set_during_training_and_restored(host, loaded, classifier, monkeypatch):
+    """2026 cores read comfy.model_management.in_training (autograd-safe kernels); 0.3.64 has no such flag and
+    must not get one."""
+    import comfy.model_management as mm
+
+    model, clip, vae = loaded
+    train_mod = __import__("dct_pack.nodes.train_node", fromlist=["x"])
+    had_flag = hasattr(mm, "in_training")
+    _run(train_mod.TrainClassToken, **_train_inputs(model, clip, vae, classifier, steps=1, save_name=""))
+    assert hasattr(mm, "in_training") == had_flag  # nothing added to a host without the flag
+    monkeypatch.setattr(mm, "in_training", False, raising=False)
+    seen = []
+    monkeypatch.setattr(train_mod, "_send_progress", lambda *a: seen.append(mm.in_training))
+    _run(train_mod.TrainClassToken, **_train_inputs(model, clip, vae, classifier, steps=2, save_name=""))
+    assert seen == [True, True] and mm.in_training is False
+
+
+def test_the_nodes_use_a_numbered_node_api(host):
+    api = __import__("dct_pack.nodes.host_api", fromlist=["x"])
+    assert api.API_VERSION == "comfy_api.v0_0_2" and api.io.ComfyNode is not None
