@@ -117,18 +117,24 @@ def test_training_raises_the_target_probability_on_the_training_seeds(host, load
     assert max(r.accuracy for r in records) >= first.accuracy
 
 
-def test_fresh_seeds_reach_the_engine(host, loaded, classifier, monkeypatch):
+def _engine_configs(monkeypatch) -> list:
+    """The TrainConfig of every training the node starts, recorded where the run layer calls the engine."""
     import dct_core.run as run_mod
     from dct_core.training import train_class_token
 
-    train_mod = pytest.importorskip("dct_pack.nodes.train_node")
-    configs = []
+    configs: list = []
 
     def spy(*args, **kwargs):
         configs.append(args[4])
         return train_class_token(*args, **kwargs)
 
     monkeypatch.setattr(run_mod, "train_class_token", spy)
+    return configs
+
+
+def test_fresh_seeds_reach_the_engine(host, loaded, classifier, monkeypatch):
+    train_mod = pytest.importorskip("dct_pack.nodes.train_node")
+    configs = _engine_configs(monkeypatch)
     model, clip, vae = loaded
     for fresh in (True, None):  # None: a workflow saved before the input existed
         over = {"fresh_seeds": fresh} if fresh is not None else {}
@@ -363,17 +369,8 @@ def test_the_engines_adaptive_sampling_runs_on_the_host_backend(host, loaded, cl
 def test_the_recipe_combo_decides_what_is_left_at_zero(host, loaded, classifier, monkeypatch):
     """A new node (settings at 0 / empty) trains with the chosen recipe; a workflow saved before the recipe input
     existed runs the paper's recipe with its own values, as it did then."""
-    import dct_core.run as run_mod
-    from dct_core.training import train_class_token
-
     train_mod = pytest.importorskip("dct_pack.nodes.train_node")
-    configs = []
-
-    def spy(*args, **kwargs):
-        configs.append(args[4])
-        return train_class_token(*args, **kwargs)
-
-    monkeypatch.setattr(run_mod, "train_class_token", spy)
+    configs = _engine_configs(monkeypatch)
     model, clip, vae = loaded
     fresh = dict(init_word="", templates="", learning_rate=0.0, batch_size=0, accuracy_threshold=0.0, patience=0,
                  backprop_depth=0, steps=1, save_name="")
