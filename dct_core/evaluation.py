@@ -72,10 +72,11 @@ def variety_report(images: Mapping[str, torch.Tensor],
                    entropy: Callable[[torch.Tensor], dict[str, float]]) -> dict[str, dict[str, float | None]]:
     """Entropy in bits of each free attribute per condition, and the ratio with / without the token (1 = the
     token left that attribute as varied as the prompt alone; 0 = it fixed it)."""
-    out: dict[str, dict[str, float | None]] = {c: dict(entropy(images[c])) for c in (WITHOUT, WITH) if c in images}
-    if WITH in out and WITHOUT in out:
-        out["ratio"] = {k: (None if not out[WITHOUT][k] else out[WITH][k] / out[WITHOUT][k])  # type: ignore[operator]
-                        for k in out[WITHOUT]}
+    bits = {c: entropy(images[c]) for c in (WITHOUT, WITH) if c in images}
+    out: dict[str, dict[str, float | None]] = {c: dict(v) for c, v in bits.items()}
+    if WITH in bits and WITHOUT in bits:
+        before, after = bits[WITHOUT], bits[WITH]
+        out["ratio"] = {k: (after[k] / v if v else None) for k, v in before.items()}
     return out
 
 

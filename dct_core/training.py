@@ -20,6 +20,7 @@ from .classifiers import Classifier
 from .config import TrainConfig
 from .errors import DCTError
 from .freezing import frozen
+from .generation import generate_images
 from .prompts import prompts_for_batch, strip_token
 from .tokens import ClassToken
 
@@ -147,7 +148,7 @@ def train_class_token(
                 if not torch.isfinite(torch.tensor([loss_sum, grad_norm])).all():
                     result.stopped = "non-finite"
                     break
-                validation = _validate(backend, judge, config, label, snapshot, negatives) \
+                validation = _validate(backend, judge, config, label, snapshot) \
                     if config.validation_images else None
                 if scaler:
                     scaler.step(optimizer)
@@ -290,25 +291,16 @@ def _cap_norm(config: TrainConfig, params: Vectors, init: Vectors) -> None:
 
 
 @torch.no_grad()
-def _validate(backend: Backend, judge: _Judge, config: TrainConfig, label: str, vectors: Vectors,
-              negatives: dict[int, Conditioning]) -> tuple[float, float]:
+def _validate(backend: Backend, judge: _Judge, config: TrainConfig, label: str,
+              vectors: Vectors) -> tuple[float, float]:
     """Accuracy and mean loss of fully sampled images on a fixed seed set that training never sees."""
     count = config.validation_images
     prompts = prompts_for_batch(config.templates, label, count)
     seeds = [VALIDATION_FIRST_SEED + config.seed + i for i in range(count)]
-    chunk = config.micro_batch or config.batch_size
-    losses, hits = [], 0
-    for lo in range(0, count, chunk):
-        p, s = prompts[lo : lo + chunk], seeds[lo : lo + chunk]
-        negative = negatives.get(len(p))
-        if negative is None:
-            negative = negatives[len(p)] = backend.negative(config.sampling.negative_prompt, len(p))
-        traj = backend.start(s, config.sampling)
-        latents = backend.denoise(traj, backend.encode(p, vectors), negative, traj.remaining)
-        logits = judge.classifier(backend.decode(latents))
-        losses.append(judge.loss(logits).float().cpu())
-        hits += int(judge.hits(logits).sum())
-    return hits / count, float(torch.cat(losses).mean())
+    images = generate_images(backend, prompts, seeds, config.sampling, vectors,
+                             chunk=config.micro_batch or config.batch_size)
+    logits = judge.classifier(images.to(backend.device))
+    return int(judge.hits(logits).sum()) / count, float(judge.loss(logits).float().mean())
 
 
 def _token(vectors: Mapping[str, torch.Tensor], name: str, metadata: dict[str, str] | None,

@@ -40,10 +40,16 @@ def _decoders() -> list[str]:
     return [CHECKPOINT_VAE] + [f for f in folder_paths.get_filename_list("vae_approx") if "decoder" in f]
 
 
+def _from_recipe(text: str, field: str) -> str:
+    """A tooltip for a setting where 0 means "the recipe's", naming the default recipe's and the paper's value."""
+    default, paper = preset_config(DEFAULT_PRESET), preset_config("paper")
+    return f"{text}; 0 = the recipe's ({getattr(default, field)}; paper {getattr(paper, field)})."
+
+
 class TrainClassToken(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        d, paper = preset_config(DEFAULT_PRESET), preset_config("paper")
+        d = preset_config(DEFAULT_PRESET)
         return io.Schema(
             node_id="DCTTrainClassToken",
             display_name="Train Discriminative Token (DCT)",
@@ -66,14 +72,11 @@ class TrainClassToken(io.ComfyNode):
                                 tooltip="Training prompts, one per line; {token} marks the class token and "
                                         "{label} the class name. Empty = the recipe's (the paper's two)."),
                 io.Int.Input("steps", default=0, min=0, max=10000,
-                             tooltip=f"Maximum optimization steps; 0 = the recipe's ({d.max_steps}; paper "
-                                     f"{paper.max_steps})."),
+                             tooltip=_from_recipe("Maximum optimization steps", "max_steps")),
                 io.Float.Input("learning_rate", default=0.0, min=0.0, max=1.0, step=1e-5,
-                               tooltip=f"AdamW learning rate on the token only; 0 = the recipe's ({d.lr}; paper "
-                                       f"{paper.lr})."),
+                               tooltip=_from_recipe("AdamW learning rate on the token only", "lr")),
                 io.Int.Input("batch_size", default=0, min=0, max=64,
-                             tooltip=f"Images (seeds) per step; 0 = the recipe's ({d.batch_size}; paper "
-                                     f"{paper.batch_size})."),
+                             tooltip=_from_recipe("Images (seeds) per step", "batch_size")),
                 io.Int.Input("micro_batch", default=0, min=0, max=64,
                              tooltip="Images per forward/backward to save VRAM (0 = the whole batch at once)."),
                 io.Float.Input("cfg", default=d.sampling.guidance, min=0.0, max=30.0, step=0.1,
@@ -89,11 +92,10 @@ class TrainClassToken(io.ComfyNode):
                 io.Int.Input("seed", default=d.seed, min=0, max=0xFFFFFFFF, control_after_generate=False,
                              tooltip="First training seed; the batch uses seed, seed+1, ..."),
                 io.Float.Input("accuracy_threshold", default=0.0, min=0.0, max=1.0, step=0.01,
-                               tooltip=f"Stop once a batch is classified this well; 0 = the recipe's "
-                                       f"({d.accuracy_threshold}; paper {paper.accuracy_threshold})."),
+                               tooltip=_from_recipe("Stop once a batch is classified this well",
+                                                    "accuracy_threshold")),
                 io.Int.Input("patience", default=0, min=0, max=1000,
-                             tooltip=f"Or stop after this many steps without a lower loss; 0 = the recipe's "
-                                     f"({d.patience}; paper {paper.patience})."),
+                             tooltip=_from_recipe("Or stop after this many steps without a lower loss", "patience")),
                 io.Int.Input("backprop_depth", default=0, min=0, max=50,
                              tooltip="Sampling steps taken with gradient when the recipe takes it at the last "
                                      "steps; 0 = the recipe's (paper: 1, its gradient skipping)."),
