@@ -60,3 +60,14 @@ class EvilPickle:
 
     def __reduce__(self):
         return (open, (self.marker, "w"))
+
+
+def tiny_clip_model(layers: int = 2):
+    """A random-weight transformers CLIPModel (width 32, the CLIP vocabulary, 32 px images), seeded with 0."""
+    from transformers import CLIPConfig, CLIPModel
+
+    torch.manual_seed(0)
+    tower = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=layers, num_attention_heads=4)
+    config = CLIPConfig(text_config=dict(tower, vocab_size=49408, max_position_embeddings=77),
+                        vision_config=dict(tower, image_size=32, patch_size=8), projection_dim=16)
+    return CLIPModel(config).eval()

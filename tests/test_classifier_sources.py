@@ -9,7 +9,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from conftest import TINY_SAMPLING, EvilPickle
+from conftest import TINY_SAMPLING, EvilPickle, tiny_clip_model
 from dct_core.classifiers import EnsembleClassifier, ImageClassifier, Preprocess, load_classifier, load_classifiers
 from dct_core.cli import main
 from dct_core.config import TrainConfig
@@ -112,17 +112,7 @@ def test_torchscript_with_sidecar_and_attribute_objective(tmp_path):
 
 
 def _tiny_clip_folder(path):
-    from transformers import CLIPConfig, CLIPModel
-
-    torch.manual_seed(0)
-    config = CLIPConfig(
-        text_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-                         vocab_size=49408, max_position_embeddings=77),
-        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-                           image_size=32, patch_size=8),
-        projection_dim=16,
-    )
-    CLIPModel(config).save_pretrained(path)
+    tiny_clip_model(layers=2).save_pretrained(path)
 
 
 def test_zero_shot_clip_classifies_free_text_labels_and_trains_a_token(tmp_path):

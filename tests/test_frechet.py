@@ -5,6 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import tiny_clip_model
 from dct_core import frechet
 from dct_core.classifiers import EnsembleClassifier, ImageClassifier, Preprocess
 from dct_core.errors import DCTError
@@ -134,19 +135,9 @@ def test_transformers_vit_features_cls_and_mean_pooling():
 
 
 def test_zero_shot_clip_features_are_the_image_embeddings():
-    from transformers import CLIPConfig, CLIPModel
-
     from dct_core.classifiers.clip_source import ZeroShotLogits, _features
 
-    torch.manual_seed(0)
-    config = CLIPConfig(
-        text_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=4,
-                         vocab_size=49408, max_position_embeddings=77),
-        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=4,
-                           image_size=32, patch_size=8),
-        projection_dim=16,
-    )
-    model = CLIPModel(config).eval()
+    model = tiny_clip_model(layers=1)
     text = torch.nn.functional.normalize(torch.randn(4, 16), dim=-1)
     pre = Preprocess(input_size=(32, 32), crop_pct=1.0)
     clf = ImageClassifier(ZeroShotLogits(model, text), list("abcd"), pre)
