@@ -74,9 +74,10 @@ class Backend(Protocol):
         (after the last step, the model's x0)."""
         ...
 
-    def predict_x0(self, traj: Trajectory, cond: Conditioning, uncond: Conditioning) -> torch.Tensor:
+    def predict_x0(self, traj: Trajectory, cond: Conditioning, uncond: Conditioning, *,
+                   checkpoint: bool = False) -> torch.Tensor:
         """The guided model's x0 at the current step, differentiable in ``cond``; the trajectory does not move
-        (used by test-time adaptive conditioning)."""
+        (the x0 gradient point and test-time adaptive conditioning). ``checkpoint`` trades time for memory."""
         ...
 
     def decode(self, latents: torch.Tensor, *, checkpoint: bool = False) -> torch.Tensor:

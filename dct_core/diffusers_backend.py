@@ -160,12 +160,15 @@ class DiffusersBackend:
                                       pooled, time_ids).chunk(2)
         return out_u + guidance * (out_c - out_u)
 
-    def predict_x0(self, traj: Trajectory, cond: Conditioning, uncond: Conditioning) -> torch.Tensor:
+    def predict_x0(self, traj: Trajectory, cond: Conditioning, uncond: Conditioning, *,
+                   checkpoint: bool = False) -> torch.Tensor:
         """The guided model's x0 (clean latents) at the current step, without advancing the trajectory."""
         sched, guidance = traj.state["scheduler"], traj.state["guidance"]
         t = traj.state["timesteps"][traj.done]
         x = traj.latents
-        out = self._guided(sched, x, t, cond, uncond if guidance > 1.0 else None, guidance, traj.state.get("time_ids"))
+        with gradient_checkpointing(self.unet) if checkpoint and torch.is_grad_enabled() else nullcontext():
+            out = self._guided(sched, x, t, cond, uncond if guidance > 1.0 else None, guidance,
+                               traj.state.get("time_ids"))
         x_in = sched.scale_model_input(x, t)  # DDPM-space latents for DDIM and Euler alike
         a = sched.alphas_cumprod.to(x.device)[t.long() if torch.is_tensor(t) else int(t)].to(torch.float32)
         kind = sched.config.prediction_type

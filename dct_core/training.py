@@ -238,7 +238,7 @@ def _images_with_gradient(backend: Backend, config: TrainConfig, prompts: list[s
         for i, at in enumerate(steps_at):
             with torch.no_grad():
                 backend.denoise(traj, plain, negative, at - traj.done)
-            x0 = backend.predict_x0(traj, backend.encode(prompts, params), negative)
+            x0 = backend.predict_x0(traj, backend.encode(prompts, params), negative, checkpoint=config.checkpointing)
             out.append(backend.decode(x0, checkpoint=config.checkpointing))
             drift.append(_drift(x0, baseline[i] if baseline else None))
         return out, drift

@@ -8,17 +8,20 @@ def comfy_entrypoint():
     from .adaptive_node import AdaptiveClassGuidance
     from .classifier_node import LoadClassifier
     from .folders import register_classifier_folder
+    from .host import log_missing
     from .host_api import ComfyExtension
     from .routes import register_routes
     from .token_nodes import ApplyClassToken, ClassTokenClip, LoadClassToken, SaveClassToken
-    from .train_node import TrainClassToken
+    from .train_node import TrainClassToken, TrainToken
+    from .training_options import TrainingOptionsNode
 
     register_classifier_folder()
     register_routes()
+    log_missing()  # a host whose internals moved: one log line now, a clear node error when a node needs them
 
     class DiscriminativeClassTokens(ComfyExtension):
         async def get_node_list(self):
-            return [LoadClassifier, TrainClassToken, ApplyClassToken, ClassTokenClip, LoadClassToken, SaveClassToken,
-                    AdaptiveClassGuidance]
+            return [LoadClassifier, TrainToken, TrainingOptionsNode, ApplyClassToken, ClassTokenClip, LoadClassToken,
+                    SaveClassToken, AdaptiveClassGuidance, TrainClassToken]  # the last: deprecated, old workflows
 
     return DiscriminativeClassTokens()

@@ -14,6 +14,7 @@ import torch
 from dct_core.adaptive import AdaptiveConfig, class_score, date_update
 from dct_core.errors import DCTError
 
+from . import host
 from .host_api import io
 from .host_autograd import autograd_enabled, trainable_weights
 from .sockets import CATEGORY, ClassifierSocket
@@ -29,9 +30,6 @@ def make_date_wrapper(vae, classifier, target: int, config: AdaptiveConfig):
     state: dict = {}
 
     def wrapper(executor, x, timestep, model_options, seed):
-        import comfy.conds
-        import comfy.model_management
-
         guider = executor.class_obj
         sigmas = model_options.get("transformer_options", {}).get("sample_sigmas")
         if sigmas is None or config.rho == 0:
@@ -41,12 +39,12 @@ def make_date_wrapper(vae, classifier, target: int, config: AdaptiveConfig):
                          steps=set(config.update_steps(len(sigmas) - 1)))
         step = _step_index(timestep, sigmas)
         if step in state["steps"]:
-            comfy.model_management.throw_exception_if_processing_interrupted()
+            host.throw_if_interrupted()
             original = state["original"]
             start = original if config.reset else guider.conds["positive"]
             guider.conds = {**guider.conds, "positive": _updated(guider, start, original, x, timestep,
                                                                  model_options, seed, vae, classifier, target,
-                                                                 config, comfy.conds)}
+                                                                 config)}
         return executor(x, timestep, model_options, seed)
 
     return wrapper
@@ -56,39 +54,35 @@ def _crossattn(entry: dict) -> torch.Tensor:
     return entry["model_conds"]["c_crossattn"].cond
 
 
-def _with_crossattn(entry: dict, tensor: torch.Tensor, conds_module) -> dict:
+def _with_crossattn(entry: dict, tensor: torch.Tensor) -> dict:
     new = dict(entry)
-    new["model_conds"] = {**entry["model_conds"], "c_crossattn": conds_module.CONDCrossAttn(tensor)}
+    new["model_conds"] = {**entry["model_conds"], "c_crossattn": host.require("CONDCrossAttn")(tensor)}
     return new
 
 
-def _updated(guider, start, original, x, timestep, model_options, seed, vae, classifier, target, config,
-             conds_module):
-    import comfy.model_management
-    import comfy.samplers
-    import comfy.utils
-
+def _updated(guider, start, original, x, timestep, model_options, seed, vae, classifier, target, config):
+    repeat_to_batch_size, sampling_function = host.require("repeat_to_batch_size"), host.require("sampling_function")
     score = class_score(classifier, target, config.score)
     model = guider.inner_model
     with autograd_enabled(), trainable_weights([model, vae.first_stage_model, classifier.module]):
         x, timestep = x.detach().clone(), timestep.detach().clone()  # plain tensors autograd may save
         # One embedding per image (the host shares one across the batch): DATE updates each image on its own.
-        embeds = [comfy.utils.repeat_to_batch_size(_crossattn(e), x.shape[0]).detach().clone() for e in start]
-        comfy.model_management.load_models_gpu([vae.patcher])  # once per chosen step, not per update
+        embeds = [repeat_to_batch_size(_crossattn(e), x.shape[0]).detach().clone() for e in start]
+        host.load_models([vae.patcher])  # once per chosen step, not per update
         decoder = vae.first_stage_model
         param = next(decoder.parameters())
         for _ in range(config.updates_per_step):
             leaves = [e.requires_grad_(True) for e in embeds]
-            positive = [_with_crossattn(e, t, conds_module) for e, t in zip(start, leaves)]
-            x0 = comfy.samplers.sampling_function(model, x, timestep, guider.conds.get("negative"), positive,
+            positive = [_with_crossattn(e, t) for e, t in zip(start, leaves)]
+            x0 = sampling_function(model, x, timestep, guider.conds.get("negative"), positive,
                                                   guider.cfg, model_options=model_options, seed=seed)
             images = ((decoder.decode(model.process_latent_out(x0).to(param.device, param.dtype)).float() + 1) / 2)
-            objective = -score(images.clamp(0, 1).to(comfy.model_management.get_torch_device())).sum()
+            objective = -score(images.clamp(0, 1).to(host.torch_device())).sum()
             grads = torch.autograd.grad(objective, leaves, allow_unused=True)
             embeds = [leaf.detach() if g is None else
                       date_update(leaf, g, config.rho, original=_crossattn(o), prior=config.prior)
                       for leaf, g, o in zip(leaves, grads, original)]
-    return [_with_crossattn(e, t, conds_module) for e, t in zip(start, embeds)]
+    return [_with_crossattn(e, t) for e, t in zip(start, embeds)]
 
 
 class AdaptiveClassGuidance(io.ComfyNode):
@@ -132,8 +126,6 @@ class AdaptiveClassGuidance(io.ComfyNode):
     @classmethod
     def execute(cls, model, vae, classifier, target_class, rho, every, start, end, updates_per_step, reset,
                 prior, score) -> io.NodeOutput:
-        import comfy.patcher_extension
-
         try:
             target = classifier.class_index(target_class)
             config = AdaptiveConfig(rho=rho, every=every, interval=(start, end), updates_per_step=updates_per_step,
@@ -142,6 +134,6 @@ class AdaptiveClassGuidance(io.ComfyNode):
         except DCTError as exc:
             raise ValueError(str(exc)) from exc
         patched = model.clone()
-        patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.PREDICT_NOISE, WRAPPER_KEY,
+        patched.add_wrapper_with_key(host.require("PREDICT_NOISE"), WRAPPER_KEY,
                                      make_date_wrapper(vae, classifier, target, config))
         return io.NodeOutput(patched)

@@ -18,7 +18,8 @@ from dct_core.config import SamplingConfig
 from dct_core.errors import DCTError
 from dct_core.prompts import TOKEN_MARK
 
-from .host_autograd import trainable_weights
+from . import host
+from .host_autograd import gradient_checkpointing, trainable_weights
 from .token_registry import sub_tokenizers, text_models, token_registered
 
 TRIGGER = "dct-class-token"  # the name the learned vectors answer to while the engine encodes prompts
@@ -36,22 +37,26 @@ def _embedding_positions(tokens: dict) -> torch.Tensor:
     return torch.tensor([not isinstance(t[0], int) for row in rows for t in row])
 
 
-def _grad_tail_sampler():
+def _grad_tail_sampler(checkpoint: bool):
     """A host Sampler taking its steps with gradient: Euler steps of the guider's CFG'd model; the last one,
     to sigma 0, is exactly the model's x0 prediction (the paper's gradient-skipping step when K = 1).
 
-    No gradient checkpointing here: backward runs after the guider has released its models, so a recompute
-    could not call them; K > 1 keeps the activations of its K steps."""
-    import comfy.samplers
+    The weights autograd saves are aliases of the host's (no copy). With ``checkpoint`` each UNet block keeps
+    only its input and is recomputed during backward (the models stay where the guider loaded them; each block
+    re-aliases its weights for the recompute), so K steps cost K blocks' inputs, not K UNets' activations."""
+    base: Any = host.require("Sampler")
+    x0_inpaint = host.require("KSamplerX0Inpaint")
 
-    class GradTail(comfy.samplers.Sampler):
+    class GradTail(base):
         def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
                    disable_pbar=False):
             extra_args["denoise_mask"] = denoise_mask
-            model = comfy.samplers.KSamplerX0Inpaint(model_wrap, sigmas)
-            model_sampling = model_wrap.inner_model.model_sampling
+            model = x0_inpaint(model_wrap, sigmas)
+            inner = model_wrap.inner_model
+            model_sampling = inner.model_sampling
             x = model_sampling.noise_scaling(sigmas[0], noise, latent_image, self.max_denoise(model_wrap, sigmas))
-            with trainable_weights([model_wrap.inner_model]):
+            blocks = gradient_checkpointing(inner.diffusion_model) if checkpoint else nullcontext()
+            with trainable_weights([inner]), blocks:
                 for i in range(len(sigmas) - 1):
                     denoised = model(x, sigmas[i] * x.new_ones([x.shape[0]]), **extra_args)
                     nxt = sigmas[i + 1]
@@ -62,21 +67,24 @@ def _grad_tail_sampler():
 
 
 class ComfyBackend:
-    """Implements dct_core.backend.Backend. Call inside ``autograd_enabled()`` and ``out_of_place_clip()``."""
+    """Implements dct_core.backend.Backend. Call inside ``autograd_enabled()`` and ``out_of_place_clip()``.
+
+    A MODEL loaded with dynamic VRAM (2026 hosts) trains through its non-dynamic delegate, as core's own trainer
+    does; a dynamic text encoder (or VAE, when it gives the training signal) is refused with the switch to use."""
 
     def __init__(self, model, clip, vae, *, sampler_name: str = "euler", scheduler: str = "normal",
-                 decoder: torch.nn.Module | None = None):
-        import comfy.model_management
-        import comfy.samplers
-
-        if sampler_name not in comfy.samplers.KSampler.SAMPLERS:
+                 decoder: torch.nn.Module | None = None, checkpointing: bool = True):
+        if sampler_name not in host.sampler_names():
             raise DCTError(f"unknown sampler {sampler_name!r}; pick one of the host's samplers.")
-        if scheduler not in comfy.samplers.KSampler.SCHEDULERS:
+        if scheduler not in host.scheduler_names():
             raise DCTError(f"unknown scheduler {scheduler!r}; pick one of the host's schedulers.")
-        self.model, self.clip, self.vae = model, clip, vae
+        host.static_patchers_ok(getattr(clip, "patcher", None), getattr(vae, "patcher", None) if decoder is None
+                                else None)
+        self.model, self.clip, self.vae = host.static_model(model), clip, vae
         self.sampler_name, self.scheduler = sampler_name, scheduler
         self.decoder = decoder  # optional differentiable decoder for the training signal (TAESD)
-        self.device = comfy.model_management.get_torch_device()
+        self.checkpointing = checkpointing  # in the text encoder (the engine asks per UNet step and decode)
+        self.device = host.torch_device()
         self.dtype = torch.float32
         self.encoders = {
             key: m.transformer.get_input_embeddings().weight.shape[1] for key, m in text_models(clip).items()
@@ -105,7 +113,12 @@ class ComfyBackend:
         positions marked; ``to_host`` turns it into a host CONDITIONING."""
         conds, pooled, masks = [], [], []
         self.clip.load_model()
-        with trainable_weights([self.clip.cond_stage_model]) if torch.is_grad_enabled() else nullcontext():
+        grad = torch.is_grad_enabled()
+        encoder = self.clip.cond_stage_model
+        layer = host.clip_layer_class()
+        layers = [m for m in encoder.modules() if isinstance(m, layer)]  # one unit per transformer layer
+        ckpt = gradient_checkpointing(encoder, layers) if grad and self.checkpointing else nullcontext()
+        with trainable_weights([encoder]) if grad else nullcontext(), ckpt:
             with token_registered(self.clip.tokenizer, TRIGGER, dict(vectors or {})):
                 for prompt in prompts:
                     text = prompt.replace(TOKEN_MARK, f" embedding:{TRIGGER} ") if vectors else prompt
@@ -125,14 +138,12 @@ class ComfyBackend:
         return self.encode([prompt] * batch, None)
 
     def start(self, seeds: Sequence[int], sampling: SamplingConfig) -> Trajectory:
-        import comfy.sample
-        import comfy.samplers
-
         size = sampling.resolution // self.downscale
         latent = torch.zeros([1, self.latent_channels, size, size])
-        noise = torch.cat([comfy.sample.prepare_noise(latent, int(s)) for s in seeds])
-        sampler = comfy.samplers.KSampler(self.model, steps=sampling.steps, device=self.device,
-                                          sampler=self.sampler_name, scheduler=self.scheduler)
+        prepare_noise = host.require("prepare_noise")
+        noise = torch.cat([prepare_noise(latent, int(s)) for s in seeds])
+        sampler = host.require("KSampler")(self.model, steps=sampling.steps, device=self.device,
+                                           sampler=self.sampler_name, scheduler=self.scheduler)
         sigmas = sampler.sigmas.cpu()
         state = {"sigmas": sigmas, "noise": noise, "guidance": sampling.guidance, "seed": int(seeds[0])}
         return Trajectory(torch.zeros_like(noise), total_steps=len(sigmas) - 1, state=state)
@@ -141,45 +152,49 @@ class ComfyBackend:
                 checkpoint: bool = False) -> torch.Tensor:
         if num_steps <= 0:
             return traj.latents
-        latents = self._sample(traj, cond, uncond, traj.state["sigmas"][traj.done : traj.done + num_steps + 1])
+        latents = self._sample(traj, cond, uncond, traj.state["sigmas"][traj.done : traj.done + num_steps + 1],
+                               checkpoint=checkpoint)
         traj.latents, traj.done = latents, traj.done + num_steps
         return latents
 
-    def predict_x0(self, traj: Trajectory, cond: Conditioning, uncond: Conditioning) -> torch.Tensor:
+    def predict_x0(self, traj: Trajectory, cond: Conditioning, uncond: Conditioning, *,
+                   checkpoint: bool = False) -> torch.Tensor:
         """One gradient-carrying step from the current sigma straight to 0 is the guided model's x0; the
         trajectory does not move."""
         sigmas = traj.state["sigmas"]
         with torch.enable_grad():
-            return self._sample(traj, cond, uncond, torch.stack([sigmas[traj.done], sigmas.new_zeros(())]))
+            return self._sample(traj, cond, uncond, torch.stack([sigmas[traj.done], sigmas.new_zeros(())]),
+                                checkpoint=checkpoint)
 
-    def _sample(self, traj: Trajectory, cond: Conditioning, uncond: Conditioning, sigmas: torch.Tensor):
-        import comfy.samplers
-
-        guider = comfy.samplers.CFGGuider(self.model)
+    def _sample(self, traj: Trajectory, cond: Conditioning, uncond: Conditioning, sigmas: torch.Tensor, *,
+                checkpoint: bool = False):
+        guider = host.require("CFGGuider")(self.model)
         guider.set_conds(to_host(cond), to_host(uncond))
         guider.set_cfg(traj.state["guidance"])
         if torch.is_grad_enabled():
-            sampler: Any = _grad_tail_sampler()
+            sampler: Any = _grad_tail_sampler(checkpoint)
         else:
-            sampler = comfy.samplers.sampler_object(self.sampler_name)
+            sampler = host.require("sampler_object")(self.sampler_name)
         noise = traj.state["noise"] if traj.done == 0 else torch.zeros_like(traj.state["noise"])
         return guider.sample(noise, traj.latents, sampler, sigmas, disable_pbar=True, seed=traj.state["seed"])
 
     def decode(self, latents: torch.Tensor, *, checkpoint: bool = False) -> torch.Tensor:
         """With gradient (the training signal): the chosen decoder (TAESD when given); without (previews,
         before/after images): always the checkpoint's VAE."""
-        import comfy.model_management
-
         if self.decoder is not None and torch.is_grad_enabled():
             decoder = self.decoder
         else:
-            comfy.model_management.load_models_gpu([self.vae.patcher])
+            host.load_models([self.vae.patcher])
             decoder = self.vae.first_stage_model
         param = next(decoder.parameters())
         z = latents.to(param.device, param.dtype)
         decoder_any: Any = decoder
-        # (no checkpointing: the clones autograd needs are gone by the time backward would recompute)
-        with trainable_weights([decoder]) if torch.is_grad_enabled() else nullcontext():
+        grad = torch.is_grad_enabled()
+        # TAESD keeps its layers under .taesd_decoder, the KL VAE under .decoder
+        blocks = getattr(decoder, "decoder", None)
+        blocks = getattr(decoder, "taesd_decoder", None) if blocks is None else blocks
+        ckpt = gradient_checkpointing(blocks) if grad and checkpoint and blocks is not None else nullcontext()
+        with trainable_weights([decoder]) if grad else nullcontext(), ckpt:
             images = decoder_any.decode(z)
         return ((images.float() + 1) / 2).clamp(0, 1).to(self.device)
 

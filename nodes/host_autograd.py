@@ -1,7 +1,8 @@
 """Making the host's models differentiable for the duration of a training step, and undoing it exactly.
 
-ComfyUI blocks gradients three ways: every node runs under ``torch.inference_mode()``;
-weights loaded there are inference tensors that autograd cannot save; and its CLIP layers add in place.
+ComfyUI blocks gradients three ways: every node runs under ``torch.inference_mode()``; weights loaded there are
+inference tensors that autograd cannot save; and its CLIP layers add in place. The weights are never copied:
+autograd gets plain tensors that share the inference tensors' storage (read only, and only for the step).
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+import torch.utils.checkpoint
+
+from . import host
 
 
 @contextmanager
@@ -18,32 +22,27 @@ def autograd_enabled() -> Iterator[None]:
     """Leave the host's inference mode (``enable_grad`` alone does nothing inside it), and tell hosts that have
     the flag (2026 cores) that a training runs: ``comfy.model_management.in_training`` switches fused,
     in-place kernels to autograd-safe ones, as the host's own trainer sets it. Restored exactly afterwards."""
-    with torch.inference_mode(False), torch.enable_grad(), _host_training_flag():
+    with torch.inference_mode(False), torch.enable_grad(), host.training_flag():
         yield
 
 
-@contextmanager
-def _host_training_flag() -> Iterator[None]:
-    try:
-        import comfy.model_management as mm
-    except ImportError:  # the engine used without a host
-        yield
-        return
-    if not hasattr(mm, "in_training"):  # 0.3.64 has no such flag: leave the module untouched
-        yield
-        return
-    before = mm.in_training
-    mm.in_training = True
-    try:
-        yield
-    finally:
-        mm.in_training = before
+def _plain_alias(t: torch.Tensor) -> torch.Tensor | None:
+    """A normal tensor over the same storage as the inference tensor ``t`` (no copy), or None where the tensor
+    kind has no plain storage to share (tensor subclasses such as quantized weights)."""
+    if type(t) not in (torch.Tensor, torch.nn.Parameter) or t.layout != torch.strided:
+        return None
+    with torch.inference_mode(False):
+        alias = torch.empty(0, dtype=t.dtype, device=t.device)
+        alias.set_(t.untyped_storage(), t.storage_offset(), t.size(), t.stride())
+    return alias
 
 
 @contextmanager
 def trainable_weights(modules: Iterable[torch.nn.Module]) -> Iterator[None]:
-    """Swap every parameter and buffer for a plain clone autograd can save; the very same original tensor
-    objects go back afterwards, so the host's weights stay bit-identical and its patcher keeps its state."""
+    """Put a plain alias in place of every inference-tensor parameter and buffer, so autograd can save them for
+    backward; the very same original tensor objects go back afterwards, so the host's weights stay
+    bit-identical and its patcher keeps its state. Tensors that are already plain are left alone (so nesting
+    is free). Where no alias can be made the tensor is cloned (that one tensor only)."""
     swapped: list[tuple[dict[str, Any], str, torch.Tensor]] = []
     try:
         for module in modules:
@@ -51,16 +50,65 @@ def trainable_weights(modules: Iterable[torch.nn.Module]) -> Iterator[None]:
                 stores: tuple[dict[str, Any], ...] = (m._parameters, m._buffers)
                 for store in stores:
                     for name, t in list(store.items()):
-                        if t is None:
+                        if t is None or not t.is_inference():
                             continue
+                        plain = _plain_alias(t)
+                        if plain is None:
+                            with torch.inference_mode(False):
+                                plain = t.detach().clone()
                         swapped.append((store, name, t))
-                        clone = t.detach().clone()
                         is_param = store is m._parameters
-                        store[name] = torch.nn.Parameter(clone, requires_grad=False) if is_param else clone
+                        store[name] = torch.nn.Parameter(plain, requires_grad=False) if is_param else plain
         yield
     finally:
         for store, name, t in reversed(swapped):
             store[name] = t
+
+
+def checkpoint_units(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The modules to checkpoint one by one: the highest children that are not plain containers (the rule of
+    the host's own trainer): UNet res and transformer blocks, decoder blocks, TAESD layers."""
+    containers = (torch.nn.ModuleList, torch.nn.Sequential, torch.nn.ModuleDict)
+    units: list[torch.nn.Module] = []
+    for child in model.children():
+        if isinstance(child, containers):
+            units.extend(checkpoint_units(child))
+        else:
+            units.append(child)
+    return units
+
+
+@contextmanager
+def gradient_checkpointing(model: torch.nn.Module, units: list[torch.nn.Module] | None = None) -> Iterator[None]:
+    """Block-level gradient checkpointing for the duration: each unit (``units``, else ``checkpoint_units``)
+    keeps only its inputs and recomputes its activations during backward. This also keeps the host's per-layer
+    weight casts (fp16 weights computed in fp32, offloaded weights) out of what backward holds: they live for one
+    unit at a time. The recompute runs after the host's sampler has returned and our aliases are gone, so each
+    unit's call re-aliases its own weights (free when they already are). Forwards restored afterwards."""
+    patched: list[tuple[torch.nn.Module, Any]] = []
+    try:
+        for unit in checkpoint_units(model) if units is None else units:
+            own = unit.__dict__.get("forward")  # an instance-level forward someone else set, kept as it was
+            original = unit.forward
+
+            def run(args, kwargs, _unit=unit, _forward=original):
+                with trainable_weights([_unit]):
+                    return _forward(*args, **kwargs)
+
+            def forward(*args, _run=run, **kwargs):
+                if not torch.is_grad_enabled():
+                    return _run(args, kwargs)
+                return torch.utils.checkpoint.checkpoint(_run, args, kwargs, use_reentrant=False)
+
+            unit.forward = forward
+            patched.append((unit, own))
+        yield
+    finally:
+        for unit, own in reversed(patched):
+            if own is None:
+                del unit.forward
+            else:
+                unit.forward = own
 
 
 def _out_of_place_forward(self, x, mask=None, optimized_attention=None):
@@ -72,11 +120,10 @@ def _out_of_place_forward(self, x, mask=None, optimized_attention=None):
 def out_of_place_clip() -> Iterator[None]:
     """The host's ``CLIPLayer.forward`` does ``x += ...``, which breaks backward; use an out-of-place twin
     for the duration and put the original back."""
-    import comfy.clip_model
-
-    original = comfy.clip_model.CLIPLayer.forward
-    comfy.clip_model.CLIPLayer.forward = _out_of_place_forward
+    layer = host.clip_layer_class()
+    original = layer.forward
+    layer.forward = _out_of_place_forward
     try:
         yield
     finally:
-        comfy.clip_model.CLIPLayer.forward = original
+        layer.forward = original

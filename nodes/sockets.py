@@ -5,3 +5,4 @@ from .host_api import io
 CATEGORY = "Discriminative Class Tokens"
 ClassifierSocket = io.Custom("DCT_CLASSIFIER")
 ClassTokenSocket = io.Custom("DCT_CLASS_TOKEN")
+TrainingOptionsSocket = io.Custom("DCT_TRAINING_OPTIONS")

@@ -15,20 +15,19 @@ from typing import Any
 
 import torch
 
+from . import host
+
 
 def sub_tokenizers(tokenizer) -> dict[str, Any]:
     """The per-encoder tokenizers by embedding key ("clip_l", "clip_g", "clip_h")."""
-    import comfy.sd1_clip
-
-    return {t.embedding_key: t for t in vars(tokenizer).values() if isinstance(t, comfy.sd1_clip.SDTokenizer)}
+    kind = host.require("SDTokenizer")
+    return {t.embedding_key: t for t in vars(tokenizer).values() if isinstance(t, kind)}
 
 
 def text_models(clip) -> dict[str, Any]:
     """The per-encoder text models, keyed like their tokenizers (same attribute names in the host)."""
-    import comfy.sd1_clip
-
-    names = {attr: t.embedding_key for attr, t in vars(clip.tokenizer).items()
-             if isinstance(t, comfy.sd1_clip.SDTokenizer)}
+    kind = host.require("SDTokenizer")
+    names = {attr: t.embedding_key for attr, t in vars(clip.tokenizer).items() if isinstance(t, kind)}
     return {key: getattr(clip.cond_stage_model, attr) for attr, key in names.items()}
 
 

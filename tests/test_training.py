@@ -186,9 +186,9 @@ class _Spy:
         self.calls.append(("denoise", num_steps, torch.is_grad_enabled()))
         return self.inner.denoise(traj, cond, uncond, num_steps, **kw)
 
-    def predict_x0(self, traj, cond, uncond):
+    def predict_x0(self, traj, cond, uncond, **kw):
         self.calls.append(("x0", traj.done, torch.is_grad_enabled()))
-        return self.inner.predict_x0(traj, cond, uncond)
+        return self.inner.predict_x0(traj, cond, uncond, **kw)
 
 
 def test_the_x0_gradient_point_predicts_at_intermediate_steps_and_stops_the_trajectory_there(sd1_world):

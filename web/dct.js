@@ -1,13 +1,15 @@
 // Discriminative Class Tokens: the pack's face in the ComfyUI frontend.
-// - a live loss / accuracy chart on the Train node, fed by the "dct.train.progress" events the node pushes,
-//   kept in the node's properties so it survives a page reload;
+// - a live loss / accuracy chart on the Train nodes (the simple one and the legacy one with every setting), fed
+//   by the "dct.train.progress" events the node pushes, kept in the node's properties so it survives a reload;
 // - a class picker for target_class, fed by /dct/labels with the connected Load Classifier's settings;
 //   a target class that is not among the labels is flagged before the prompt is queued.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
-const TRAIN = "DCTTrainClassToken";
-const PICKER_TARGETS = new Set([TRAIN, "DCTAdaptiveClassGuidance"]);
+// DCTTrainToken: the simple Train node; DCTTrainClassToken: the legacy one (saved workflows). Both have
+// target_class and push progress events.
+const TRAIN_NODES = new Set(["DCTTrainToken", "DCTTrainClassToken"]);
+const PICKER_TARGETS = new Set([...TRAIN_NODES, "DCTAdaptiveClassGuidance"]);
 const LOADER = "DCTLoadClassifier";
 const MAX_POINTS = 2000;
 
@@ -221,9 +223,9 @@ app.registerExtension({
     if (!PICKER_TARGETS.has(node.comfyClass)) return;
     node.__dctColor = node.color;
     node.addWidget("button", "pick class…", null, () => openPicker(node), { serialize: false });
-    if (node.comfyClass === TRAIN) addChart(node);
+    if (TRAIN_NODES.has(node.comfyClass)) addChart(node);
   },
   loadedGraphNode(node) {
-    if (node.comfyClass === TRAIN) requestAnimationFrame(() => drawChart(node));
+    if (TRAIN_NODES.has(node.comfyClass)) requestAnimationFrame(() => drawChart(node));
   },
 });

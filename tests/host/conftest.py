@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from .sd15_checkpoint import random_init_ as _random_init_  # noqa: F401  (tests import it from here)
+
 REPO = Path(__file__).resolve().parents[2]
 PACK_NAME = "dct_pack"
 
@@ -80,52 +82,12 @@ def host(tmp_path_factory):
     return {"root": root, "models": models, "pack": pack}
 
 
-def _random_init_(module: torch.nn.Module, seed: int) -> None:
-    """The host's ops skip weight init; use torch's own reset_parameters everywhere (seeded)."""
-    torch.manual_seed(seed)
-    covered = set()
-    for m in module.modules():
-        for cls in type(m).__mro__:
-            if cls.__module__.startswith("torch.nn") and "reset_parameters" in cls.__dict__:
-                cls.reset_parameters(m)
-                covered.update(id(p) for p in m.parameters(recurse=False))
-                break
-    with torch.no_grad():
-        for p in module.parameters():
-            if id(p) not in covered and p.ndim:
-                p.normal_(0.0, 0.02)
-
-
 @pytest.fixture(scope="session")
 def sd15_checkpoint(host) -> Path:
     """A ~280 MB random-weight checkpoint the host detects as SD1.5."""
-    import comfy.supported_models
-    import comfy.taesd.taesd
-    import comfy.utils
+    from .sd15_checkpoint import build_sd15_checkpoint
 
-    unet_config = {
-        "use_checkpoint": False, "image_size": 32, "use_spatial_transformer": True, "legacy": False,
-        "adm_in_channels": None, "in_channels": 4, "out_channels": 4, "model_channels": 320,
-        "num_res_blocks": [1], "transformer_depth": [1], "transformer_depth_output": [1, 1], "channel_mult": [1],
-        "transformer_depth_middle": -2, "use_linear_in_transformer": False, "context_dim": 768,
-        "use_temporal_resblock": False, "use_temporal_attention": False,
-    }
-    config = comfy.supported_models.SD15(unet_config)
-    config.set_inference_dtype(torch.float32, None)
-    base = config.get_model({}, "", device=torch.device("cpu"))
-    _random_init_(base.diffusion_model, 0)
-    clip = config.clip_target().clip(device="cpu", dtype=torch.float32)
-    _random_init_(clip, 1)
-    taesd = comfy.taesd.taesd.TAESD(latent_channels=4)
-    _random_init_(taesd, 2)
-    vae_sd = taesd.state_dict()
-    vae_sd["vae_scale"], vae_sd["vae_shift"] = torch.tensor(0.18215), torch.tensor(0.0)
-    sd = base.state_dict_for_saving(clip.state_dict(), vae_sd)
-    sd = {k: (v.to(torch.int64) if k.endswith("position_ids") else v.detach().half()).contiguous()
-          for k, v in sd.items()}
-    path = host["models"] / "checkpoints" / "tiny_sd15_random.safetensors"
-    comfy.utils.save_torch_file(sd, str(path))
-    return path
+    return build_sd15_checkpoint(host["models"] / "checkpoints" / "tiny_sd15_random.safetensors")
 
 
 @pytest.fixture(scope="session")

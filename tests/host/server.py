@@ -26,8 +26,9 @@ class ComfyServer:
     """A ComfyUI process whose --base-directory (models, custom_nodes, output, temp, user) is a temp dir, so
     nothing is written into the host's own tree. The pack is linked into its custom_nodes."""
 
-    def __init__(self, comfy_root: Path, base: Path):
-        self.root, self.base = comfy_root, base
+    def __init__(self, comfy_root: Path, base: Path, front_end_root: Path | None = None):
+        """front_end_root: a frontend's static folder to serve (--front-end-root) instead of the host's own."""
+        self.root, self.base, self.front_end_root = comfy_root, base, front_end_root
         self.models = base / "models"
         for name in ("checkpoints", "embeddings", "classifiers", "vae_approx"):
             (self.models / name).mkdir(parents=True, exist_ok=True)
@@ -46,6 +47,8 @@ class ComfyServer:
         cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
                "--base-directory", str(self.base), "--user-directory", str(self.base / "user"),
                "--disable-auto-launch"]
+        if self.front_end_root is not None:
+            cmd += ["--front-end-root", str(self.front_end_root)]
         self.proc = subprocess.Popen(cmd, cwd=self.root, env=env, stdout=self.log.open("w"),
                                      stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + timeout

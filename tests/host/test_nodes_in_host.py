@@ -256,6 +256,17 @@ def test_a_taesd_decoder_from_vae_approx_gives_the_training_signal(host, loaded,
                                       save_name=""))
     token = out.result[0]
     assert torch.isfinite(token.vectors["clip_l"]).all()
+    options_node = _node(host, "training_options", "TrainingOptionsNode")
+    assert "taesd_decoder.safetensors" in next(i for i in options_node.define_schema().inputs
+                                               if i.id == "decoder").options
+    widgets = {**_options_node_defaults(host), **SAMPLING, "batch_size": 2,
+               "decoder": "taesd_decoder.safetensors", "backprop_depth": 1}
+    options = _run(options_node, **widgets).result[0]
+    out = _run(_node(host, "train_node", "TrainToken"), **_simple(model, clip, vae, classifier, steps=2,
+                                                                  recipe="paper", options=options))
+    token, plot, grid = out.result
+    assert torch.isfinite(token.vectors["clip_l"]).all() and grid.shape[-1] == 3
+    assert "tiger cat (1): stopped by" in out.ui.as_dict()["text"][0]
 
 
 def test_load_class_token_rereads_a_retrained_file_and_names_it_after_the_file(host):
@@ -381,6 +392,140 @@ def test_the_recipe_combo_decides_what_is_left_at_zero(host, loaded, classifier,
     assert balanced.gradient_point == "x0" and balanced.lr == 0.05 and balanced.fresh_seeds
     assert paper.gradient_point == "last" and paper.lr == 0.00125 and paper.batch_size == 5
     assert old.gradient_point == "last" and old.lr == 0.1 and old.backprop_depth == 3  # its own values, paper's rest
+
+
+class _Stop(Exception):
+    """Raised by the config spy: the settings are what is under test, not a (slow, full-size) training run."""
+
+
+def _configs_only(monkeypatch) -> list:
+    """(TrainConfig, token metadata) of every training the node starts; the training itself is skipped."""
+    import dct_core.run as run_mod
+
+    seen: list = []
+
+    def spy(*args, **kwargs):
+        seen.append((args[4], kwargs["metadata"]))
+        raise _Stop
+
+    monkeypatch.setattr(run_mod, "train_class_token", spy)
+    return seen
+
+
+def _simple(model, clip, vae, classifier, **over):
+    inputs = dict(model=model, clip=clip, vae=vae, classifier=classifier, target_class="tiger cat", steps=0,
+                  save_name="", overwrite=False, recipe="balanced")
+    inputs.update(over)
+    return inputs
+
+
+def _options_node_defaults(host) -> dict:
+    node = _node(host, "training_options", "TrainingOptionsNode")
+    return {i.id: i.default for i in node.define_schema().inputs}
+
+
+def _train_simple(host, *args, **over):
+    with pytest.raises(_Stop):
+        _run(_node(host, "train_node", "TrainToken"), **_simple(*args, **over))
+
+
+def test_the_simple_node_without_options_trains_with_the_recipe(host, loaded, classifier, monkeypatch):
+    """Target, steps, save name, overwrite, recipe: everything else is the recipe's (sampling included) with the
+    node defaults euler/normal, the checkpoint VAE and a preview every step."""
+    from dct_core.config import PRESETS, preset_config
+
+    seen = _configs_only(monkeypatch)
+    model, clip, vae = loaded
+    for recipe in PRESETS:
+        _train_simple(host, model, clip, vae, classifier, recipe=recipe)
+        _train_simple(host, model, clip, vae, classifier, recipe=recipe, steps=3)
+    for i, recipe in enumerate(PRESETS):
+        (config, meta), (config3, _) = seen[2 * i], seen[2 * i + 1]
+        assert config == preset_config(recipe)
+        assert config3 == preset_config(recipe, max_steps=3)
+        assert meta["recipe"] == recipe and meta["sampler"] == "euler/normal"
+    balanced = seen[0][0]
+    assert (balanced.gradient_point, balanced.lr, balanced.batch_size, balanced.fresh_seeds) == ("x0", 0.05, 8, True)
+    assert (balanced.sampling.resolution, balanced.sampling.steps, balanced.sampling.guidance) == (512, 30, 7.0)
+
+
+def test_a_fresh_options_node_means_the_recipe_and_set_options_override_it(host, loaded, classifier, monkeypatch):
+    from dct_core.config import PRESETS, preset_config
+
+    options_node = _node(host, "training_options", "TrainingOptionsNode")
+    seen = _configs_only(monkeypatch)
+    model, clip, vae = loaded
+    defaults = _options_node_defaults(host)
+    fresh = _run(options_node, **defaults).result[0]
+    for recipe in PRESETS:  # unset (0, empty, 'recipe') everywhere: exactly the recipe, whichever it is
+        _train_simple(host, model, clip, vae, classifier, recipe=recipe, options=fresh)
+        assert seen[-1][0] == preset_config(recipe)
+
+    chosen = dict(init_word="bird", templates="a {token} {label}\n\n  a photo of {token} {label}  ",
+                  learning_rate=0.02, batch_size=3, micro_batch=1, cfg=5.5, sampling_steps=12, resolution=256,
+                  seed=7, accuracy_threshold=0.6, patience=4, backprop_depth=2, fresh_seeds="off",
+                  scheduler="karras")
+    options = _run(options_node, **{**defaults, **chosen}).result[0]
+    _train_simple(host, model, clip, vae, classifier, recipe="balanced", steps=5, options=options)
+    config, meta = seen[-1]
+    assert config.templates == ("a {token} {label}", "a photo of {token} {label}")
+    assert (config.init_word, config.lr, config.batch_size, config.micro_batch, config.seed) == ("bird", 0.02, 3, 1, 7)
+    assert (config.accuracy_threshold, config.patience, config.backprop_depth, config.fresh_seeds) == (0.6, 4, 2,
+                                                                                                       False)
+    assert (config.sampling.guidance, config.sampling.steps, config.sampling.resolution) == (5.5, 12, 256)
+    assert config.max_steps == 5 and config.gradient_point == "x0"  # the rest stays the recipe's
+    assert meta["sampler"] == "euler/karras"
+
+    # one setting changed: only that one differs from the recipe; fresh_seeds "on" forces new seeds on paper
+    one = _run(options_node, **{**defaults, "learning_rate": 0.3, "fresh_seeds": "on"}).result[0]
+    _train_simple(host, model, clip, vae, classifier, recipe="paper", options=one)
+    assert seen[-1][0] == preset_config("paper", lr=0.3, fresh_seeds=True)
+
+
+def test_the_legacy_node_and_the_simple_node_share_one_training(host, loaded, classifier, monkeypatch):
+    """The legacy node's widgets, given to the simple node through an options node, start the same training."""
+    train_mod = pytest.importorskip("dct_pack.nodes.train_node")
+    options_node = _node(host, "training_options", "TrainingOptionsNode")
+    seen = _configs_only(monkeypatch)
+    model, clip, vae = loaded
+    legacy = _train_inputs(model, clip, vae, classifier, recipe="balanced", save_name="")
+    with pytest.raises(_Stop):
+        _run(train_mod.TrainClassToken, **legacy)
+    widgets = {k: v for k, v in legacy.items() if k in _options_node_defaults(host)}
+    options = _run(options_node, **{**widgets, "fresh_seeds": "recipe"}).result[0]
+    _train_simple(host, model, clip, vae, classifier, recipe="balanced", steps=legacy["steps"], options=options)
+    (old, old_meta), (new, new_meta) = seen
+    assert old == new and old_meta == new_meta
+
+
+def test_unset_resolution_is_the_models_native_size(host):
+    """The recipes' 512 suits SD1.x; an SDXL-family model (its latent format) trains at 1024 unless set."""
+    import types
+
+    import comfy.latent_formats
+
+    train_mod = pytest.importorskip("dct_pack.nodes.train_node")
+    options_mod = pytest.importorskip("dct_pack.nodes.training_options")
+    native = train_mod._native_resolution
+    assert native(types.SimpleNamespace(get_model_object=lambda name: comfy.latent_formats.SDXL())) == 1024
+    assert native(types.SimpleNamespace(get_model_object=lambda name: comfy.latent_formats.SD15())) is None
+    options = options_mod.TrainingOptions()
+    assert options.train_config("balanced", default_resolution=1024).sampling.resolution == 1024
+    assert options.train_config("balanced").sampling.resolution == 512
+    set_res = options_mod.TrainingOptions(resolution=768)
+    assert set_res.train_config("balanced", default_resolution=1024).sampling.resolution == 768
+
+
+def test_a_bad_option_is_a_clear_node_error(host, loaded, classifier):
+    options_node = _node(host, "training_options", "TrainingOptionsNode")
+    model, clip, vae = loaded
+    defaults = _options_node_defaults(host)
+    options = _run(options_node, **{**defaults, "backprop_depth": 9, "sampling_steps": 4}).result[0]
+    with pytest.raises(ValueError, match="backprop depth 9 must be between 1 and the 4 sampling steps"):
+        _run(_node(host, "train_node", "TrainToken"), **_simple(model, clip, vae, classifier, recipe="paper",
+                                                                options=options))
+    with pytest.raises(ValueError, match="fresh_seeds must be one of recipe, on, off"):
+        _run(options_node, **{**defaults, "fresh_seeds": "sometimes"})
 
 
 @pytest.mark.parametrize("host_returns", [2, 3])

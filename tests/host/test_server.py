@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from .server import error_message
 
-NODE_IDS = ["DCTLoadClassifier", "DCTTrainClassToken", "DCTApplyClassToken", "DCTClassTokenClip",
-            "DCTLoadClassToken", "DCTSaveClassToken", "DCTAdaptiveClassGuidance"]
+TRAIN, OPTIONS, LEGACY_TRAIN = "DCTTrainToken", "DCTTrainingOptions", "DCTTrainClassToken"
+# Every node the pack registers; LEGACY_TRAIN is deprecated (out of the node search) but loads old workflows.
+NODE_IDS = ["DCTLoadClassifier", TRAIN, OPTIONS, "DCTApplyClassToken", "DCTClassTokenClip", "DCTLoadClassToken",
+            "DCTSaveClassToken", "DCTAdaptiveClassGuidance", LEGACY_TRAIN]
+# The legacy node's inputs as shipped (names, order, types, defaults): saved workflows restore widget values by
+# position, so any change here would scramble them.
+LEGACY_SCHEMA = Path(__file__).resolve().parent / "fixtures" / "legacy_train_node_schema_2025-11.json"
 
 
 def _train_workflow(save_name: str, target: str = "tiger cat") -> dict:
@@ -14,15 +22,16 @@ def _train_workflow(save_name: str, target: str = "tiger cat") -> dict:
         "2": {"class_type": "DCTLoadClassifier", "inputs": {
             "classifier": "tiny-resnet.safetensors", "kind": "auto", "timm_architecture": "test_resnet",
             "labels": "tiny-labels.txt", "pooling": "cls", "multi_label": False}},
-        "3": {"class_type": "DCTTrainClassToken", "inputs": {
+        "3": {"class_type": TRAIN, "inputs": {
             "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "classifier": ["2", 0], "target_class": target,
-            "init_word": "a", "templates": "A photo of {token} {label}", "steps": 2, "learning_rate": 0.05,
-            "batch_size": 2, "micro_batch": 0, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal",
-            "sampling_steps": 2, "resolution": 64, "seed": 0, "accuracy_threshold": 1.0, "patience": 15,
-            "backprop_depth": 1, "decoder": "checkpoint VAE", "save_name": save_name, "overwrite": True,
-            "preview_every": 1}},
+            "steps": 2, "save_name": save_name, "overwrite": True, "recipe": "balanced", "options": ["6", 0]}},
         "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 1]}},
         "5": {"class_type": "PreviewImage", "inputs": {"images": ["3", 2]}},
+        "6": {"class_type": OPTIONS, "inputs": {
+            "init_word": "a", "templates": "A photo of {token} {label}", "learning_rate": 0.05, "batch_size": 2,
+            "micro_batch": 0, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal", "sampling_steps": 2,
+            "resolution": 64, "seed": 0, "accuracy_threshold": 1.0, "patience": 15, "backprop_depth": 1,
+            "decoder": "checkpoint VAE", "preview_every": 1, "fresh_seeds": "recipe"}},
     }
 
 
@@ -35,6 +44,47 @@ def test_nodes_are_registered_with_tooltips(server):
             assert spec[1].get("tooltip") if len(spec) > 1 else False, f"{node_id}.{name} has no tooltip"
     assert "tiny-resnet.safetensors" in info["DCTLoadClassifier"]["input"]["required"]["classifier"][1]["options"] \
         or "tiny-resnet.safetensors" in info["DCTLoadClassifier"]["input"]["required"]["classifier"][0]
+
+
+def _widgets(info: dict, node_id: str) -> list[str]:
+    spec = info[node_id]
+    return [name for part in ("required", "optional") for name in spec["input_order"].get(part, [])
+            if isinstance(spec["input"][part][name][0], list)
+            or spec["input"][part][name][0] in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")]
+
+
+def test_the_simple_train_node_the_options_node_and_the_deprecated_legacy_node(server):
+    info = server.get("/object_info")
+    train, options, legacy = info[TRAIN], info[OPTIONS], info[LEGACY_TRAIN]
+    assert _widgets(info, TRAIN) == ["target_class", "steps", "save_name", "overwrite", "recipe"]
+    assert train["input_order"]["optional"] == ["options"]
+    assert train["input"]["optional"]["options"][0] == options["output"][0] == "DCT_TRAINING_OPTIONS"
+    assert train["display_name"] == "Train Discriminative Token (DCT)" and not train.get("deprecated")
+    assert options["display_name"] == "DCT Training Options" and not options.get("deprecated")
+    assert len(_widgets(info, OPTIONS)) == 17
+    # unset on a fresh options node means the recipe's: 0, empty, "recipe" (the seed is the recipes' own 0)
+    defaults = {name: s[1]["default"] for name, s in options["input"]["required"].items()}
+    assert {k: v for k, v in defaults.items() if v not in (0, 0.0, "", "recipe")} == {
+        "sampler_name": "euler", "scheduler": "normal", "decoder": "checkpoint VAE", "preview_every": 1}
+    # the legacy node: deprecated (the frontend leaves it out of its search), named so, its inputs as shipped
+    assert legacy["deprecated"] is True
+    assert legacy["display_name"] == "Train Discriminative Token (DCT) (legacy, all settings)"
+    shipped = json.loads(LEGACY_SCHEMA.read_text())
+    # the one deliberate change: recipe defaults to the paper's, which the frontend gives the widget when a workflow
+    # saved before the input existed is loaded (the backend already ran those as 'paper')
+    assert shipped["inputs"]["recipe"][2]["default"] == "balanced"
+    shipped["inputs"]["recipe"][2]["default"] = "paper"
+    assert legacy["input_order"] == shipped["input_order"]
+    for name, (part, kind, extra) in shipped["inputs"].items():
+        spec = legacy["input"][part][name]
+        assert ("COMBO" if isinstance(spec[0], list) else spec[0]) == kind, name
+        now = {k: v for k, v in (spec[1] if len(spec) > 1 else {}).items() if k in extra}
+        if name == "recipe":
+            now["options"] = spec[1].get("options") or spec[0]
+        assert now == extra, name
+    assert [legacy["output"], legacy["output_name"]] == [shipped["outputs"]["output"],
+                                                         shipped["outputs"]["output_name"]]
+    assert legacy["output"] == train["output"] and legacy["output_name"] == train["output_name"]
 
 
 def test_train_then_use_the_token_in_a_stock_workflow(server):

@@ -6,6 +6,9 @@ A small, strict stand-in for the frontend's own graphToPrompt, enough for the pa
   optional), skipping sockets and forceInput inputs; an INT or COMBO input with a control_after_generate widget
   (asked for by its options, or for an INT named seed/noise_seed when the options do not say) carries one more,
   UI-only value, which is dropped;
+- optional widgets the saved values stop short of (saved before the input existed) get their /object_info
+  default, as the frontend gives them on load and then sends them (checked in a browser against the host's
+  frontend and 1.58.1);
 - a link into an input wins over that input's widget value (a widget converted to an input keeps its value);
 - text widgets with dynamicPrompts are expanded as the frontend does when it queues ({a|b} picks one; a block
   without '|' becomes its bare content; // and /* */ comments are removed);
@@ -50,6 +53,17 @@ def widget_inputs(definition: dict) -> list[tuple[str, list, bool]]:
             if _kind(spec) in WIDGET_TYPES and not _options(spec).get("forceInput"):
                 out.append((name, spec, section == "optional"))
     return out
+
+
+def widget_default(spec: list):
+    """The value the frontend gives a new widget: the input's default, else a combo's first option."""
+    options = _options(spec)
+    if "default" in options:
+        return options["default"]
+    choices = spec[0] if isinstance(spec[0], list) else options.get("options") or []
+    if _kind(spec) == "COMBO" and choices:
+        return choices[0]
+    raise WorkflowError(f"widget spec {spec!r} has no default.")
 
 
 def has_control_widget(name: str, spec: list) -> bool:
@@ -172,7 +186,9 @@ def ui_to_api(workflow: dict, object_info: dict, rng: random.Random | None = Non
             raise WorkflowError(f"node {node['id']} ({kind}): widgets_values as a dict is not supported.")
         for name, spec, optional in widget_inputs(object_info[kind]):
             if not values and optional:
-                break  # saved before this optional input existed: the node's default applies, as in the frontend
+                # saved before this optional input existed: the frontend gives the widget its default and sends it
+                inputs[name] = widget_default(spec)
+                continue
             if not values:
                 raise WorkflowError(f"node {node['id']} ({kind}): no widget value left for {name!r}.")
             value = values.pop(0)

@@ -1,0 +1,112 @@
+"""The host-facing layer on the real ComfyUI: every internal behind one feature check, weights made trainable
+without a copy, block-level gradient checkpointing through the host's own UNet and decoder, dynamic VRAM."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+
+
+def _mod(name):
+    return importlib.import_module(f"dct_pack.nodes.{name}")
+
+
+def test_every_host_internal_the_pack_uses_is_there_on_the_tested_host(host):
+    assert _mod("host").missing() == []
+
+
+def test_a_missing_internal_is_one_clear_error_naming_the_supported_versions(host, monkeypatch):
+    h = _mod("host")
+    monkeypatch.setitem(h.INTERNALS, "Sampler", ("comfy.samplers", "NoSuchSampler", "the training step"))
+    with pytest.raises(h.HostMismatch) as err:
+        h.require("Sampler")
+    text = str(err.value)
+    assert "comfy.samplers.NoSuchSampler" in text and "ComfyUI 0.3.64" in text and h.SUPPORTED_HOSTS in text
+    assert h.missing() == ["comfy.samplers.NoSuchSampler"]
+
+
+def test_no_node_module_imports_a_host_internal_directly():
+    """comfy.* is reached through nodes/host.py only (the public folder_paths / server / comfy_api aside)."""
+    import re
+    from pathlib import Path
+
+    nodes_dir = Path(__file__).resolve().parents[2] / "nodes"
+    offenders = [f"{path.name}: {line.strip()}" for path in nodes_dir.glob("*.py") if path.name != "host.py"
+                 for line in path.read_text().splitlines()
+                 if re.match(r"(import|from) comfy(\.|\s|$)", line.strip())]
+    assert offenders == []
+
+
+def test_trainable_weights_alias_the_hosts_tensors_without_a_copy_and_restore_them(host):
+    autograd = _mod("host_autograd")
+    with torch.inference_mode():
+        layer = torch.nn.Linear(3, 4)
+    weight, bias = layer.weight, layer.bias
+    with torch.inference_mode(False):
+        x = torch.randn(2, 3, requires_grad=True)
+        with autograd.trainable_weights([layer]):
+            assert not layer.weight.is_inference()
+            assert layer.weight.data_ptr() == weight.data_ptr()  # the same memory: nothing copied
+            y = layer(x).sum()
+        y.backward()  # after the aliases are gone: autograd kept them alive
+    assert layer.weight is weight and layer.bias is bias
+    assert torch.allclose(x.grad, weight.sum(0).expand(2, 3))
+
+
+def _x0_grad(backend_cls, autograd, loaded, checkpoint: bool, decoder=None):
+    from dct_core.config import SamplingConfig
+    from dct_core.prompts import TOKEN_MARK
+
+    prompts = [f"a photo of a {TOKEN_MARK} cat"] * 2
+    model, clip, vae = loaded
+    with torch.inference_mode(), autograd.autograd_enabled(), autograd.out_of_place_clip():
+        backend = backend_cls(model, clip, vae, decoder=decoder)
+        vectors = {k: v.clone().requires_grad_(True) for k, v in backend.init_vectors("cat", 1).items()}
+        traj = backend.start([0, 1], SamplingConfig(resolution=64, steps=4, guidance=7.0))
+        negative = backend.negative("", 2)
+        with torch.no_grad():
+            backend.denoise(traj, backend.encode(prompts, vectors), negative, 2)
+        x0 = backend.predict_x0(traj, backend.encode(prompts, vectors), negative, checkpoint=checkpoint)
+        images = backend.decode(x0, checkpoint=checkpoint)
+        (grad,) = torch.autograd.grad(images.square().mean(), [vectors["clip_l"]])
+    return grad
+
+
+def test_gradient_checkpointing_gives_the_same_gradient_and_restores_every_forward(host, loaded):
+    backend_cls = _mod("comfy_backend").ComfyBackend
+    autograd = _mod("host_autograd")
+    model, clip, vae = loaded
+    units = autograd.checkpoint_units(model.model.diffusion_model)
+    assert len(units) > 5 and not any("forward" in u.__dict__ for u in units)
+    plain = _x0_grad(backend_cls, autograd, loaded, checkpoint=False)
+    ckpt = _x0_grad(backend_cls, autograd, loaded, checkpoint=True)
+    assert plain.abs().sum() > 0
+    torch.testing.assert_close(ckpt, plain, rtol=1e-4, atol=1e-6)
+    for module in (model.model.diffusion_model, vae.first_stage_model):
+        assert not any("forward" in m.__dict__ for m in module.modules())  # every patched forward undone
+
+
+class _Patcher:
+    def __init__(self, dynamic, delegate=None):
+        self.dynamic, self.delegate = dynamic, delegate
+
+    def is_dynamic(self):
+        return self.dynamic
+
+    def get_non_dynamic_delegate(self):
+        return self.delegate
+
+
+def test_a_dynamic_vram_model_trains_through_its_static_delegate_or_is_refused_with_the_switch(host):
+    h = _mod("host")
+    static = _Patcher(False)
+    assert h.static_model(static) is static
+    assert h.static_model(_Patcher(True, delegate=static)) is static
+    for no_delegate in (_Patcher(True, delegate=None), _Patcher(True, delegate=_Patcher(True))):
+        with pytest.raises(h.HostMismatch, match="--disable-dynamic-vram"):
+            h.static_model(no_delegate)
+    with pytest.raises(h.HostMismatch, match="--disable-dynamic-vram"):
+        h.static_patchers_ok(static, _Patcher(True))
+    h.static_patchers_ok(static, None)
