@@ -7,7 +7,7 @@ per process): on CPU the peak RSS of the second of two runs (the peak reset afte
 RSS before the checkpoint was loaded, i.e. weights + activations + the host's per-layer weight casts, like
 ``torch.cuda.max_memory_allocated`` on a GPU, which is what is reported there. Time: the second run. Usage:
 
-    python bench/host_step.py                              # 128 px, batch 2, 10 sampling steps (CPU: ~6 min)
+    python bench/host_step.py                              # 128 px, batch 2, 10 sampling steps (CPU: ~15 min)
     python bench/host_step.py --res 512 --batch 1 --steps 4 --full-unet   # GPU: SD1.5's real UNet at 512 px
 
 Time at 30 sampling steps is projected from the measured per-step cost of the host's sampler (a training step
@@ -188,6 +188,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=3, help="processes per setting; the least figure is kept")
     parser.add_argument("--settings", default="|".join(SETTINGS), help="names from the table, separated by |")
     parser.add_argument("--full-unet", action="store_true", help="SD1.5's real UNet instead of the tiny one")
     parser.add_argument("--cpu", action="store_true", help="stay on the CPU even where CUDA is present")
@@ -215,11 +216,18 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--one", name, "--models", tmp, "--res", str(args.res),
                    "--batch", str(args.batch), "--steps", str(args.steps), "--threads", str(args.threads)]
             cmd += ["--cpu"] if args.cpu else []
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode:
-                print(f"{name}: failed\n{proc.stderr[-3000:]}", file=sys.stderr)
+            results = []
+            for _ in range(args.repeat):
+                proc = subprocess.run(cmd, capture_output=True, text=True)
+                if proc.returncode:
+                    print(f"{name}: failed\n{proc.stderr[-3000:]}", file=sys.stderr)
+                    break
+                results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            if len(results) < args.repeat:
                 continue
-            result = json.loads(proc.stdout.strip().splitlines()[-1])
+            result = dict(results[0])  # the least of each figure over the repeats (noise only adds)
+            result["peak_mb"] = min(r["peak_mb"] for r in results)
+            result["seconds"] = {k: min(r["seconds"][k] for r in results) for k in results[0]["seconds"]}
             rows.append((name, result))
             print(f"... {name}: {result['seconds']} {result['peak_mb']:.0f} MB", file=sys.stderr, flush=True)
     print_table(rows, args)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .backend import Backend, Conditioning, Vectors
+from .checkpointing import block_checkpointing, checkpoint_units
 from .classifiers import Classifier
 from .config import TrainConfig
 from .errors import DCTError
@@ -130,7 +131,8 @@ def train_class_token(
                             negatives[n] = backend.negative(config.sampling.negative_prompt, n)
                     outs, drift = _images_with_gradient(backend, config, prompts[lo:hi], params, negatives[n],
                                                         step_seeds[lo:hi], steps_at)
-                    logits = [classifier(pixels) for pixels in outs]
+                    with _checkpointed(classifier, config.checkpointing):
+                        logits = [classifier(pixels) for pixels in outs]
                     loss = torch.stack([judge.loss(lg).sum() + config.preserve * d.sum()
                                         for lg, d in zip(logits, drift)]).sum() / (batch * len(outs))
                     loss = loss + _regularizer(config, params, init) * n / batch
@@ -187,6 +189,13 @@ def train_class_token(
         except cancel_exceptions as exc:  # a host that cancels by raising mid-step: keep the best token
             result.stopped, result.cancel_exception = "cancelled", exc
     return result
+
+
+def _checkpointed(classifier: Classifier, on: bool):
+    """The classifier's blocks checkpointed (a ResNet's bottlenecks, a ViT's blocks): its activations at 224 px
+    are a large part of a step's memory. Models that do not split into blocks run as they are."""
+    units = checkpoint_units(classifier.module) if on else []
+    return block_checkpointing(units) if len(units) >= 4 else nullcontext()
 
 
 class _Judge:

@@ -37,7 +37,7 @@ def _embedding_positions(tokens: dict) -> torch.Tensor:
     return torch.tensor([not isinstance(t[0], int) for row in rows for t in row])
 
 
-def _grad_tail_sampler(checkpoint: bool):
+def _grad_tail_sampler(checkpoint: bool, patcher=None):
     """A host Sampler taking its steps with gradient: Euler steps of the guider's CFG'd model; the last one,
     to sigma 0, is exactly the model's x0 prediction (the paper's gradient-skipping step when K = 1).
 
@@ -55,7 +55,9 @@ def _grad_tail_sampler(checkpoint: bool):
             inner = model_wrap.inner_model
             model_sampling = inner.model_sampling
             x = model_sampling.noise_scaling(sigmas[0], noise, latent_image, self.max_denoise(model_wrap, sigmas))
-            blocks = gradient_checkpointing(inner.diffusion_model) if checkpoint else nullcontext()
+            reload = (lambda: host.load_models([patcher])) if patcher is not None else None
+            blocks = gradient_checkpointing(inner.diffusion_model, ensure_loaded=reload) if checkpoint \
+                else nullcontext()
             with trainable_weights([inner]), blocks:
                 for i in range(len(sigmas) - 1):
                     denoised = model(x, sigmas[i] * x.new_ones([x.shape[0]]), **extra_args)
@@ -117,7 +119,8 @@ class ComfyBackend:
         encoder = self.clip.cond_stage_model
         layer = host.clip_layer_class()
         layers = [m for m in encoder.modules() if isinstance(m, layer)]  # one unit per transformer layer
-        ckpt = gradient_checkpointing(encoder, layers) if grad and self.checkpointing else nullcontext()
+        reload = (lambda: self.clip.load_model()) if hasattr(self.clip, "load_model") else None
+        ckpt = gradient_checkpointing(encoder, layers, reload) if grad and self.checkpointing else nullcontext()
         with trainable_weights([encoder]) if grad else nullcontext(), ckpt:
             with token_registered(self.clip.tokenizer, TRIGGER, dict(vectors or {})):
                 for prompt in prompts:
@@ -172,7 +175,7 @@ class ComfyBackend:
         guider.set_conds(to_host(cond), to_host(uncond))
         guider.set_cfg(traj.state["guidance"])
         if torch.is_grad_enabled():
-            sampler: Any = _grad_tail_sampler(checkpoint)
+            sampler: Any = _grad_tail_sampler(checkpoint, self.model)
         else:
             sampler = host.require("sampler_object")(self.sampler_name)
         noise = traj.state["noise"] if traj.done == 0 else torch.zeros_like(traj.state["noise"])
@@ -193,7 +196,9 @@ class ComfyBackend:
         # TAESD keeps its layers under .taesd_decoder, the KL VAE under .decoder
         blocks = getattr(decoder, "decoder", None)
         blocks = getattr(decoder, "taesd_decoder", None) if blocks is None else blocks
-        ckpt = gradient_checkpointing(blocks) if grad and checkpoint and blocks is not None else nullcontext()
+        reload = (lambda: host.load_models([self.vae.patcher])) if decoder is not self.decoder else None
+        ckpt = gradient_checkpointing(blocks, ensure_loaded=reload) if grad and checkpoint and blocks is not None \
+            else nullcontext()
         with trainable_weights([decoder]) if grad else nullcontext(), ckpt:
             images = decoder_any.decode(z)
         return ((images.float() + 1) / 2).clamp(0, 1).to(self.device)

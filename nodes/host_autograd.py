@@ -7,14 +7,18 @@ autograd gets plain tensors that share the inference tensors' storage (read only
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import torch
-import torch.utils.checkpoint
+
+from dct_core.checkpointing import block_checkpointing, checkpoint_units
 
 from . import host
+
+__all__ = ["autograd_enabled", "checkpoint_units", "gradient_checkpointing", "out_of_place_clip",
+           "trainable_weights"]
 
 
 @contextmanager
@@ -65,50 +69,34 @@ def trainable_weights(modules: Iterable[torch.nn.Module]) -> Iterator[None]:
             store[name] = t
 
 
-def checkpoint_units(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The modules to checkpoint one by one: the highest children that are not plain containers (the rule of
-    the host's own trainer): UNet res and transformer blocks, decoder blocks, TAESD layers."""
-    containers = (torch.nn.ModuleList, torch.nn.Sequential, torch.nn.ModuleDict)
-    units: list[torch.nn.Module] = []
-    for child in model.children():
-        if isinstance(child, containers):
-            units.extend(checkpoint_units(child))
-        else:
-            units.append(child)
-    return units
-
-
 @contextmanager
-def gradient_checkpointing(model: torch.nn.Module, units: list[torch.nn.Module] | None = None) -> Iterator[None]:
-    """Block-level gradient checkpointing for the duration: each unit (``units``, else ``checkpoint_units``)
-    keeps only its inputs and recomputes its activations during backward. This also keeps the host's per-layer
-    weight casts (fp16 weights computed in fp32, offloaded weights) out of what backward holds: they live for one
-    unit at a time. The recompute runs after the host's sampler has returned and our aliases are gone, so each
-    unit's call re-aliases its own weights (free when they already are). Forwards restored afterwards."""
-    patched: list[tuple[torch.nn.Module, Any]] = []
-    try:
-        for unit in checkpoint_units(model) if units is None else units:
-            own = unit.__dict__.get("forward")  # an instance-level forward someone else set, kept as it was
-            original = unit.forward
+def gradient_checkpointing(model: torch.nn.Module, units: list[torch.nn.Module] | None = None,
+                           ensure_loaded: Callable[[], None] | None = None) -> Iterator[None]:
+    """Block-level gradient checkpointing of a host model for the duration (``units``, else its
+    ``checkpoint_units``). This also keeps the host's per-layer weight casts (fp16 weights computed in fp32,
+    offloaded weights) out of what backward holds: they live for one unit at a time. The recompute runs after the
+    host's sampler has returned and our aliases are gone, so each unit's call re-aliases its own weights (free
+    when they already are); ``ensure_loaded`` is called once per backward pass before the first recompute (the
+    host may have moved the model out meanwhile, e.g. to load the VAE on a small GPU)."""
+    loaded_for: list[int] = []  # the backward pass (autograd graph task) the model was last made sure of
 
-            def run(args, kwargs, _unit=unit, _forward=original):
-                with trainable_weights([_unit]):
-                    return _forward(*args, **kwargs)
+    def run(unit, forward, args, kwargs):
+        task = _backward_pass()
+        if ensure_loaded is not None and task != -1 and task not in loaded_for:
+            loaded_for[:] = [task]
+            ensure_loaded()
+        with trainable_weights([unit]):
+            return forward(*args, **kwargs)
 
-            def forward(*args, _run=run, **kwargs):
-                if not torch.is_grad_enabled():
-                    return _run(args, kwargs)
-                return torch.utils.checkpoint.checkpoint(_run, args, kwargs, use_reentrant=False)
-
-            unit.forward = forward
-            patched.append((unit, own))
+    with block_checkpointing(checkpoint_units(model) if units is None else units, run):
         yield
-    finally:
-        for unit, own in reversed(patched):
-            if own is None:
-                del unit.forward
-            else:
-                unit.forward = own
+
+
+def _backward_pass() -> int:
+    """The running backward pass's id, -1 outside backward (a private torch call: -1 where it is missing, and
+    then the model is never reloaded mid-backward, as before)."""
+    current = getattr(torch._C, "_current_graph_task_id", None)
+    return int(current()) if callable(current) else -1
 
 
 def _out_of_place_forward(self, x, mask=None, optimized_attention=None):

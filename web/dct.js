@@ -83,10 +83,18 @@ function onProgress(event) {
 }
 
 // ---- class picker -------------------------------------------------------------------------------------------
+// The node feeding input `slot`: the frontend's own accessor where it has one (1.5x marks input.link
+// deprecated), else the link table (older frontends).
+function upstreamNode(node, slot) {
+  if (typeof node.getInputNode === "function") return node.getInputNode(slot) ?? null;
+  const id = node.inputs?.[slot]?.link;
+  const link = id != null ? (app.graph.links.get?.(id) ?? app.graph.links[id]) : null;
+  return link ? app.graph.getNodeById(link.origin_id) : null;
+}
+
 function classifierSource(node) {
-  const input = node.inputs?.find((i) => i.name === "classifier");
-  const link = input?.link != null ? app.graph.links[input.link] : null;
-  const source = link ? app.graph.getNodeById(link.origin_id) : null;
+  const slot = node.inputs?.findIndex((i) => i.name === "classifier") ?? -1;
+  const source = slot < 0 ? null : upstreamNode(node, slot);
   if (!source || source.comfyClass !== LOADER) return null;
   const value = (name) => widget(source, name)?.value ?? "";
   const labels = String(value("labels")).trim();

@@ -74,16 +74,21 @@ def _x0_grad(backend_cls, autograd, loaded, checkpoint: bool, decoder=None):
     return grad
 
 
-def test_gradient_checkpointing_gives_the_same_gradient_and_restores_every_forward(host, loaded):
+def test_gradient_checkpointing_gives_the_same_gradient_and_restores_every_forward(host, loaded, monkeypatch):
     backend_cls = _mod("comfy_backend").ComfyBackend
-    autograd = _mod("host_autograd")
+    autograd, h = _mod("host_autograd"), _mod("host")
     model, clip, vae = loaded
     units = autograd.checkpoint_units(model.model.diffusion_model)
     assert len(units) > 5 and not any("forward" in u.__dict__ for u in units)
     plain = _x0_grad(backend_cls, autograd, loaded, checkpoint=False)
+    in_backward: list = []  # models made sure of during backward, before their blocks are recomputed
+    load = h.load_models
+    monkeypatch.setattr(h, "load_models", lambda ps: (in_backward.extend(ps) if autograd._backward_pass() != -1
+                                                      else None, load(ps))[1])
     ckpt = _x0_grad(backend_cls, autograd, loaded, checkpoint=True)
     assert plain.abs().sum() > 0
     torch.testing.assert_close(ckpt, plain, rtol=1e-4, atol=1e-6)
+    assert in_backward == [vae.patcher, model]  # once per backward pass each: the decoder's, then the UNet's
     for module in (model.model.diffusion_model, vae.first_stage_model):
         assert not any("forward" in m.__dict__ for m in module.modules())  # every patched forward undone
 
