@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"average the stop accuracy over this many steps (paper: {paper.threshold_window})")
     t.add_argument("--no-checkpointing", dest="checkpointing", action="store_false", default=None,
                    help="keep all activations (faster, much more memory); default: block-level gradient "
-                        "checkpointing in the UNet step(s) with gradient and in the VAE decoder")
+                        "checkpointing in the UNet step(s) with gradient, the VAE decoder and the classifier")
     t.add_argument("--accuracy-threshold", type=float,
                    help=f"stop at this batch accuracy (paper: {paper.accuracy_threshold})")
     t.add_argument("--patience", type=int,

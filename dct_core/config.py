@@ -72,8 +72,9 @@ class TrainConfig:
     preserve: float = 0.0
     init_pull: float = 0.0  # L2 pull toward the init word, relative to its norm (0: off)
     norm_cap: float = 0.0  # keep the token's norm within this multiple of the init word's (0: off)
-    # Block-level gradient checkpointing in the UNet step(s) with gradient and in the VAE decoder: at 512 px it
-    # cut a training step's peak memory from 2.1x to 1.5x plain generation for about 4% more time (bench/).
+    # Block-level gradient checkpointing in the UNet step(s) with gradient, the VAE decoder and the classifier
+    # (and, in ComfyUI, the text encoder): at 512 px it cut a training step's peak memory from 2.1x to 1.5x plain
+    # generation for about 4% more time (bench/train_step.py); in ComfyUI see bench/host_step.py.
     checkpointing: bool = True
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 

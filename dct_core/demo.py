@@ -34,7 +34,9 @@ def demo_config(steps: int | None = None, backprop_depth: int | None = None, see
     ``overrides``."""
     given = {k: v for k, v in dict(max_steps=steps, backprop_depth=backprop_depth, **overrides).items()
              if v is not None}
-    return preset_config(recipe, **{**DEMO_RECIPE, "sampling": SAMPLING, "seed": seed, **given})
+    # The world's models are tiny: memory is no concern there, and a recompute would only cost time.
+    return preset_config(recipe, **{**DEMO_RECIPE, "sampling": SAMPLING, "seed": seed, "checkpointing": False,
+                                    **given})
 
 
 @dataclass
