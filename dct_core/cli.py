@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .config import DEFAULT_PRESET, PAPER_TEMPLATES, PRESETS, SamplingConfig, TrainConfig, preset_config
+from .dataset import add_arguments as add_dataset_arguments
 from .errors import DCTError
 
 
@@ -75,6 +76,44 @@ def _add_classifier(p: argparse.ArgumentParser, *, target: bool = True, many: bo
                             "coarse word 'bird' when the class is a species")
 
 
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    """The training settings `dct train` and `dct library` share (recipe, steps, lr, ..., generation)."""
+    p.add_argument("--recipe", default=DEFAULT_PRESET, choices=sorted(PRESETS),
+                   help=f"named settings the options below start from (default {DEFAULT_PRESET}: the paper's)")
+    paper = TrainConfig()  # the paper's values, shown in the help; an option left out takes the recipe's value
+    p.add_argument("--steps", type=int, help=f"maximum optimization steps (paper: {paper.max_steps})")
+    p.add_argument("--batch-size", type=int, help=f"images (seeds) per step (paper: {paper.batch_size})")
+    p.add_argument("--micro-batch", type=int, help="images per forward/backward, to save memory")
+    p.add_argument("--lr", type=float, help=f"AdamW learning rate (paper: {paper.lr})")
+    p.add_argument("--weight-decay", type=float, help=f"AdamW weight decay on the token (paper: {paper.weight_decay})")
+    p.add_argument("--init-word", help=f"word whose embedding starts the token (paper: {paper.init_word!r})")
+    p.add_argument("--num-vectors", type=int, help=f"vectors in the token (paper: {paper.num_vectors})")
+    p.add_argument("--template", action="append", dest="templates",
+                   help="prompt template with {token} and {label}; repeat for several (paper: its two)")
+    p.add_argument("--fresh-seeds", action="store_true", default=None,
+                   help="new seeds every step instead of the same batch of seeds (paper: the same)")
+    p.add_argument("--backprop-depth", type=int,
+                   help=f"sampling steps with gradient, K (paper: {paper.backprop_depth})")
+    p.add_argument("--gradient-point", choices=["last", "x0"],
+                   help="where the gradient is taken: the last K sampling steps (paper) or the predicted clean "
+                        "image x0 at a random intermediate step")
+    p.add_argument("--preserve", type=float,
+                   help="pull toward the image the prompt alone makes on the same seed (x0 gradient point): "
+                        "keeps what the prompt leaves free (paper: 0)")
+    p.add_argument("--keep", choices=["best", "last"],
+                   help="the token returned: the best training batch's (paper) or the last")
+    p.add_argument("--threshold-window", type=int,
+                   help=f"average the stop accuracy over this many steps (paper: {paper.threshold_window})")
+    p.add_argument("--no-checkpointing", dest="checkpointing", action="store_false", default=None,
+                   help="keep all activations (faster, much more memory); default: block-level gradient "
+                        "checkpointing in the UNet step(s) with gradient, the VAE decoder and the classifier")
+    p.add_argument("--accuracy-threshold", type=float,
+                   help=f"stop at this batch accuracy (paper: {paper.accuracy_threshold})")
+    p.add_argument("--patience", type=int,
+                   help=f"stop after this many steps without a lower loss (paper: {paper.patience})")
+    _add_generation(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dct", description="Discriminative class tokens for text-to-image diffusion.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -84,41 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_classifier(t)
     t.add_argument("--out", required=True, help="token file to write (.safetensors, or A1111 .pt)")
     t.add_argument("--overwrite", action="store_true", help="replace an existing token file")
-    t.add_argument("--recipe", default=DEFAULT_PRESET, choices=sorted(PRESETS),
-                   help=f"named settings the options below start from (default {DEFAULT_PRESET}: the paper's)")
-    paper = TrainConfig()  # the paper's values, shown in the help; an option left out takes the recipe's value
-    t.add_argument("--steps", type=int, help=f"maximum optimization steps (paper: {paper.max_steps})")
-    t.add_argument("--batch-size", type=int, help=f"images (seeds) per step (paper: {paper.batch_size})")
-    t.add_argument("--micro-batch", type=int, help="images per forward/backward, to save memory")
-    t.add_argument("--lr", type=float, help=f"AdamW learning rate (paper: {paper.lr})")
-    t.add_argument("--weight-decay", type=float, help=f"AdamW weight decay on the token (paper: {paper.weight_decay})")
-    t.add_argument("--init-word", help=f"word whose embedding starts the token (paper: {paper.init_word!r})")
-    t.add_argument("--num-vectors", type=int, help=f"vectors in the token (paper: {paper.num_vectors})")
-    t.add_argument("--template", action="append", dest="templates",
-                   help="prompt template with {token} and {label}; repeat for several (paper: its two)")
-    t.add_argument("--fresh-seeds", action="store_true", default=None,
-                   help="new seeds every step instead of the same batch of seeds (paper: the same)")
-    t.add_argument("--backprop-depth", type=int,
-                   help=f"sampling steps with gradient, K (paper: {paper.backprop_depth})")
-    t.add_argument("--gradient-point", choices=["last", "x0"],
-                   help="where the gradient is taken: the last K sampling steps (paper) or the predicted clean "
-                        "image x0 at a random intermediate step")
-    t.add_argument("--preserve", type=float,
-                   help="pull toward the image the prompt alone makes on the same seed (x0 gradient point): "
-                        "keeps what the prompt leaves free (paper: 0)")
-    t.add_argument("--keep", choices=["best", "last"],
-                   help="the token returned: the best training batch's (paper) or the last")
-    t.add_argument("--threshold-window", type=int,
-                   help=f"average the stop accuracy over this many steps (paper: {paper.threshold_window})")
-    t.add_argument("--no-checkpointing", dest="checkpointing", action="store_false", default=None,
-                   help="keep all activations (faster, much more memory); default: block-level gradient "
-                        "checkpointing in the UNet step(s) with gradient, the VAE decoder and the classifier")
-    t.add_argument("--accuracy-threshold", type=float,
-                   help=f"stop at this batch accuracy (paper: {paper.accuracy_threshold})")
-    t.add_argument("--patience", type=int,
-                   help=f"stop after this many steps without a lower loss (paper: {paper.patience})")
+    _add_train_options(t)
     t.add_argument("--preview-every", type=int, default=0, help="write a preview grid every N steps (0: off)")
-    _add_generation(t)
 
     g = sub.add_parser("generate", help="images with and without a class token on the same seeds")
     _add_model(g)
@@ -169,6 +175,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("classifier-info", help="what a classifier resolves to: classes, input, preprocessing")
     _add_classifier(info, target=False, many=False)
+
+    lib = sub.add_parser("library", help="train one token per class into a folder (resumable; split over ranks "
+                                         "under torchrun)")
+    _add_model(lib)
+    _add_classifier(lib, target=False)
+    lib.add_argument("--classes", default="all",
+                     help="all (default), indices like 0-9 or 3,5,7, or a file with one label or index per line")
+    lib.add_argument("--out", required=True, help="folder for <class>.safetensors and index.json")
+    lib.add_argument("--eval-classifier", metavar="SPEC",
+                     help="a held-out classifier: each token's top-1 with it on a few fresh seeds goes in the index")
+    lib.add_argument("--eval-images", type=int, default=8, help="fresh seeds for --eval-classifier (default 8)")
+    _add_train_options(lib)
+
+    ds = sub.add_parser("dataset", help="draw N images per token of a library into an ImageFolder tree with a "
+                                        "manifest (resumable; split over ranks under torchrun)")
+    add_dataset_arguments(ds)
 
     d = sub.add_parser("demo", help="train tokens on the built-in demo world and print a Table-1-like table "
                                      "(no download, CPU, about 2 min)")
@@ -274,19 +296,26 @@ def _step_printer(total: int, preview_dir: Path | None = None, every: int = 0):
     return bar, on_step
 
 
+def train_config(args, **defaults) -> TrainConfig:
+    """The TrainConfig of the training options (_add_train_options): the recipe, then ``defaults`` (a front end's
+    own, e.g. the demo world's prompts), then what the user gave."""
+    given = dict(
+        templates=tuple(args.templates) if args.templates else None, init_word=args.init_word,
+        num_vectors=args.num_vectors, batch_size=args.batch_size, micro_batch=args.micro_batch, seed=args.seed,
+        fresh_seeds=args.fresh_seeds, lr=args.lr, weight_decay=args.weight_decay, max_steps=args.steps,
+        accuracy_threshold=args.accuracy_threshold, patience=args.patience, backprop_depth=args.backprop_depth,
+        checkpointing=args.checkpointing, sampling=_sampling(args), gradient_point=args.gradient_point,
+        preserve=args.preserve, keep=args.keep, threshold_window=args.threshold_window,
+    )
+    return preset_config(args.recipe, **{**defaults, **{k: v for k, v in given.items() if v is not None}})
+
+
 def cmd_train(args) -> int:
     from .run import TrainJob, run_training
     from .tokens import check_save_target, sanitize_name
 
-    sampling = _sampling(args)
-    config = preset_config(
-        args.recipe, templates=tuple(args.templates) if args.templates else None, init_word=args.init_word,
-        num_vectors=args.num_vectors, batch_size=args.batch_size, micro_batch=args.micro_batch, seed=args.seed,
-        fresh_seeds=args.fresh_seeds, lr=args.lr, weight_decay=args.weight_decay, max_steps=args.steps,
-        accuracy_threshold=args.accuracy_threshold, patience=args.patience, backprop_depth=args.backprop_depth,
-        checkpointing=args.checkpointing, sampling=sampling, gradient_point=args.gradient_point,
-        preserve=args.preserve, keep=args.keep, threshold_window=args.threshold_window,
-    )
+    config = train_config(args)
+    sampling = config.sampling
     out = Path(args.out)
     name = sanitize_name(out.name)
     hint = "pass --overwrite to replace it or choose another --out"
@@ -480,6 +509,18 @@ def cmd_classifier_info(args) -> int:
     return 0
 
 
+def cmd_dataset(args) -> int:
+    from .dataset import run
+
+    return run(args)
+
+
+def cmd_library(args) -> int:
+    from .library import run_library_cli
+
+    return run_library_cli(args)
+
+
 def cmd_demo(args) -> int:
     from .demo import format_table, run_demo
     print("dct demo: class tokens on the built-in demo world (CPU, no download)", file=sys.stderr)
@@ -513,7 +554,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = {
         "train": cmd_train, "generate": cmd_generate, "eval": cmd_eval, "demo": cmd_demo, "labels": cmd_labels,
-        "classifier-info": cmd_classifier_info,
+        "classifier-info": cmd_classifier_info, "library": cmd_library, "dataset": cmd_dataset,
     }[args.command]
     try:
         return handler(args)

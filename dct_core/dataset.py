@@ -1,0 +1,325 @@
+"""`dct dataset`: a synthetic training set from a token library (the paper's Sec. 5 data augmentation).
+
+For every token file in a library folder (``dct library``'s ``<class>.safetensors``) it writes
+``OUT/<class>/<seed>.png`` (an ImageFolder tree: one folder per class, named like the token file) and
+``OUT/manifest.jsonl``, one line per image: class (and its index), prompt, seed, token file, generation settings.
+
+- The prompt is the token's own training templates (image i uses template i mod their number, as training did)
+  with its prompt label, or ``--prompt-template``; ``--without-tokens`` drops the token from the same prompts
+  (the plain-prompt baseline, same seeds).
+- Resumable: the work is cut into (class, chunk of seeds) units; a complete PNG is never redrawn, PNGs are
+  written atomically, and each finished unit leaves a small record (``OUT/<class>/.records-<first>-<n>.json``,
+  hidden: ImageFolder readers skip it). The manifest is rebuilt from the records at the end, by rank 0 only,
+  atomically, so a kill never leaves it half-written or duplicated.
+- Parallel like ``dct library``: under ``torchrun`` each rank takes every world_size-th unit, and rank 0
+  writes the manifest after a barrier.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .backend import Backend
+from .config import PAPER_TEMPLATES, SamplingConfig
+from .distributed import Ranks, barrier, process_group, ranks_from_env
+from .errors import DCTError
+from .files import atomic_write
+from .prompts import check_templates, fill_label, strip_token
+from .tokens import TOKEN_SUFFIXES, ClassToken, load_class_token, sanitize_name
+
+MANIFEST = "manifest.jsonl"
+FIRST_SEED = 300_000  # far from the seeds tokens train on (0, 1, ...) and from the world's evaluation seeds
+CHUNK = 16  # seeds per unit of work (and per record file)
+_RECORD_PREFIX = ".records-"
+
+
+@dataclass(frozen=True)
+class ClassPlan:
+    """One token file and what its images are drawn with."""
+
+    token_file: Path
+    token: ClassToken
+    label: str  # the classifier's class name (token metadata class_label, else the file stem)
+    folder: str  # OUT/<folder>/: the token file's stem
+    prompt_label: str
+    templates: tuple[str, ...]
+    class_index: int | None = None  # the classifier's index of the class (token metadata), when known
+
+    def prompt(self, i: int, without_tokens: bool) -> str:
+        text = fill_label(self.templates[i % len(self.templates)], self.prompt_label)
+        return strip_token(text) if without_tokens else text
+
+
+@dataclass
+class DatasetSummary:
+    out_dir: Path
+    classes: int
+    images: int  # in the whole dataset
+    written: int  # PNGs this rank wrote
+    skipped: int  # PNGs this rank found complete
+    manifest: Path | None  # written (or found up to date) by rank 0
+
+
+def library_tokens(library_dir: str | Path) -> list[Path]:
+    """The token files of a library folder, sorted by name (index.json, temps and hidden files are skipped)."""
+    folder = Path(library_dir)
+    if not folder.is_dir():
+        raise DCTError(f"the library folder {folder} does not exist; train one with 'dct library'.")
+    files = sorted(p for p in folder.iterdir()
+                   if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in TOKEN_SUFFIXES)
+    if not files:
+        raise DCTError(f"{folder} holds no token files (.safetensors, .pt, .bin); train some with 'dct library'.")
+    return files
+
+
+def plan_classes(library_dir: str | Path, prompt_template: str | None = None,
+                 without_tokens: bool = False) -> list[ClassPlan]:
+    plans = []
+    for path in library_tokens(library_dir):
+        token = load_class_token(path)
+        meta = token.metadata
+        label = meta.get("class_label") or path.stem
+        if prompt_template is not None:
+            templates: tuple[str, ...] = (prompt_template,)
+        else:
+            try:
+                templates = tuple(json.loads(meta["templates"])) if meta.get("templates") else PAPER_TEMPLATES
+            except (json.JSONDecodeError, TypeError) as exc:
+                raise DCTError(f"{path} has unreadable templates in its metadata; pass --prompt-template.") from exc
+        if not without_tokens:
+            check_templates(templates)
+        elif not templates:
+            raise DCTError("no prompt template given.")
+        index = meta.get("class_index")
+        plans.append(ClassPlan(path, token, label, sanitize_name(path.stem), meta.get("prompt_label") or label,
+                               templates, int(index) if index and index.isdigit() else None))
+    folders = [p.folder for p in plans]
+    if len(set(folders)) != len(folders):
+        raise DCTError(f"two token files in {library_dir} map to the same class folder; rename one.")
+    return plans
+
+
+def _units(plans: Sequence[ClassPlan], images_per_class: int) -> list[tuple[int, int, int]]:
+    """(class position, first image index, image count) per unit, in a fixed order."""
+    return [(c, start, min(CHUNK, images_per_class - start))
+            for c in range(len(plans)) for start in range(0, images_per_class, CHUNK)]
+
+
+def _record_path(out: Path, plan: ClassPlan, seed0: int, start: int, count: int) -> Path:
+    return out / plan.folder / f"{_RECORD_PREFIX}{seed0 + start}-{count}.json"
+
+
+def png_complete(path: Path) -> bool:
+    """An existing PNG that decodes completely (a truncated or foreign file is redrawn)."""
+    if not path.is_file():
+        return False
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.format == "PNG"
+    except Exception:  # any decoding failure: the file is not a usable image
+        return False
+
+
+def _png_bytes(image: torch.Tensor) -> bytes:
+    import io
+
+    from .images import to_pil
+
+    buffer = io.BytesIO()
+    to_pil(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _sampling_record(sampling: SamplingConfig) -> dict:
+    return {"resolution": sampling.resolution, "steps": sampling.steps, "guidance": sampling.guidance,
+            "scheduler": sampling.scheduler, "negative_prompt": sampling.negative_prompt}
+
+
+def write_dataset(
+    backend: Backend,
+    library_dir: str | Path,
+    out_dir: str | Path,
+    images_per_class: int,
+    prompt_template: str | None = None,
+    without_tokens: bool = False,
+    seed0: int = FIRST_SEED,
+    ranks: Ranks | None = None,
+    *,
+    sampling: SamplingConfig | None = None,
+    model: str = "",
+    batch: int = 8,
+    log=None,
+) -> DatasetSummary:
+    """Write this rank's share of the dataset, then (rank 0, after a barrier) the manifest. See the module doc."""
+    if images_per_class < 1:
+        raise DCTError(f"images per class must be at least 1, got {images_per_class}.")
+    ranks = ranks or ranks_from_env()
+    sampling = sampling or SamplingConfig()
+    sampling.validate()
+    out = Path(out_dir)
+    plans = plan_classes(library_dir, prompt_template, without_tokens)
+    units = _units(plans, images_per_class)
+    settings = _sampling_record(sampling)
+    written = skipped = 0
+    failure: BaseException | None = None
+    try:
+        for c, start, count in ranks.share(units):
+            plan = plans[c]
+            seeds = [seed0 + start + i for i in range(count)]
+            prompts = [plan.prompt(start + i, without_tokens) for i in range(count)]
+            paths = [out / plan.folder / f"{seed}.png" for seed in seeds]
+            records = [{
+                "class": plan.label, "class_index": plan.class_index, "folder": plan.folder,
+                "file": f"{plan.folder}/{seed}.png", "seed": seed, "prompt": prompt,
+                "with_token": not without_tokens, "token_file": plan.token_file.name, "model": model,
+                "sampling": settings,
+            } for seed, prompt in zip(seeds, prompts)]
+            record_path = _record_path(out, plan, seed0, start, count)
+            _check_same_settings(record_path, records)
+            todo = [i for i, p in enumerate(paths) if not png_complete(p)]
+            skipped += count - len(todo)
+            if todo:
+                vectors = None
+                if not without_tokens:
+                    vectors = {k: v.to(backend.device)
+                               for k, v in plan.token.for_encoders(backend.encoders).items()}
+                images = generate_images_for(backend, [prompts[i] for i in todo], [seeds[i] for i in todo],
+                                             sampling, vectors, batch)
+                for i, image in zip(todo, images):
+                    atomic_write(paths[i], _png_bytes(image))
+                    written += 1
+                if log is not None:
+                    log(f"{plan.folder}: wrote {len(todo)} image(s), seeds {seeds[0]}-{seeds[-1]}")
+            _write_if_changed(record_path, json.dumps(records).encode())
+    except BaseException as exc:  # still meet the other ranks at the barrier, so none waits forever
+        failure = exc
+    barrier()
+    if failure is not None:
+        raise failure
+    manifest = None
+    if ranks.is_main:
+        manifest = _write_manifest(out, plans, units, seed0)
+    return DatasetSummary(out, len(plans), len(plans) * images_per_class, written, skipped, manifest)
+
+
+def generate_images_for(backend: Backend, prompts: list[str], seeds: list[int], sampling: SamplingConfig,
+                        vectors, batch: int) -> torch.Tensor:
+    from .generation import generate_images
+
+    return generate_images(backend, prompts, seeds, sampling, vectors, chunk=batch)
+
+
+def _check_same_settings(record_path: Path, records: list[dict]) -> None:
+    """A unit already drawn with other settings (prompt, token or not, sampling, model) is not mixed in."""
+    try:
+        old = json.loads(record_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return
+    if old != records:
+        changed = sorted({k for a, b in zip(old, records) for k in a if a.get(k) != b.get(k)}) or ["the count"]
+        raise DCTError(f"{record_path.parent} was drawn with other settings ({', '.join(changed)} differ); "
+                       "use another --out, or remove that folder to draw it again.")
+
+
+def _write_if_changed(path: Path, data: bytes) -> bool:
+    try:
+        if path.read_bytes() == data:
+            return False
+    except OSError:
+        pass
+    atomic_write(path, data)
+    return True
+
+
+def _write_manifest(out: Path, plans: Sequence[ClassPlan], units, seed0: int) -> Path:
+    lines = []
+    missing = []
+    for c, start, count in units:
+        path = _record_path(out, plans[c], seed0, start, count)
+        try:
+            records = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            missing.append(path)
+            continue
+        lines += [json.dumps(r, sort_keys=True) for r in records]
+    if missing:
+        raise DCTError(f"{len(missing)} part(s) of the dataset are unfinished (e.g. {missing[0]}); run again to "
+                       "finish them.")
+    manifest = out / MANIFEST
+    _write_if_changed(manifest, ("\n".join(lines) + "\n").encode())
+    return manifest
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """`dct dataset`'s options (all of them, --model included)."""
+    p.add_argument("--model", required=True,
+                   help="local diffusers folder, single-file .safetensors checkpoint, or a built-in model name "
+                        "('world': the demo world)")
+    p.add_argument("--model-kind", choices=["sd1", "sd2", "sd2-v", "sdxl"], help="family of a single-file checkpoint")
+    p.add_argument("--library", required=True, help="folder of class tokens (dct library's output)")
+    p.add_argument("--images-per-class", type=int, required=True, help="images to draw per class")
+    p.add_argument("--out", required=True, help="output folder: OUT/<class>/<seed>.png and OUT/manifest.jsonl")
+    p.add_argument("--prompt-template",
+                   help="prompt for every class, with {token} and {label} (default: each token's training "
+                        "templates, in turn)")
+    p.add_argument("--without-tokens", action="store_true",
+                   help="the same prompts without the class token (the plain-prompt baseline, same seeds)")
+    p.add_argument("--seed", type=int, default=FIRST_SEED, help=f"first seed (default {FIRST_SEED})")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto; one GPU per rank)")
+    p.add_argument("--dtype", default="auto", help="auto, fp32, fp16 or bf16 (auto: fp32 on CPU, bf16/fp16 on GPU)")
+
+
+def _backend_and_sampling(args, ranks: Ranks) -> tuple[Backend, SamplingConfig]:
+    from .diffusers_backend import DiffusersBackend
+    from .model_loading import load_pipeline
+    from .registry import named_model
+    from .runtime import resolve_device, resolve_dtype
+
+    device = ranks.device() if args.device == "auto" else resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    named = named_model(args.model)
+    if named is not None:
+        return named.load_backend(device, dtype), named.sampling
+    pipe = load_pipeline(args.model, device=device, dtype=dtype, kind=args.model_kind)
+    return DiffusersBackend(pipe), SamplingConfig()
+
+
+def run(args) -> int:
+    with process_group() as ranks:
+        backend, sampling = _backend_and_sampling(args, ranks)
+
+        def log(msg: str) -> None:
+            print(f"[rank {ranks.rank}] {msg}" if ranks.world_size > 1 else msg, file=sys.stderr, flush=True)
+
+        summary = write_dataset(backend, args.library, args.out, args.images_per_class, args.prompt_template,
+                                args.without_tokens, args.seed, ranks, sampling=sampling, model=args.model, log=log)
+    if ranks.is_main:
+        print(f"{summary.images} images of {summary.classes} classes in {summary.out_dir} (this process wrote "
+              f"{summary.written}, found {summary.skipped} already there); manifest: {summary.manifest}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="dct dataset", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    args = p.parse_args(argv)
+    try:
+        return run(args)
+    except DCTError as exc:
+        print(f"dct dataset: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
