@@ -35,7 +35,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -45,7 +44,7 @@ from dct_core.demo import demo_config  # noqa: E402
 from dct_core.run import TrainJob, run_training  # noqa: E402
 from dct_core.tokens import sanitize_name  # noqa: E402
 from dct_core.world import SAMPLING, load_world_backend, load_world_classifier  # noqa: E402
-from dct_core.world.classifier_training import _normalize, build_classifier, degrade  # noqa: E402
+from dct_core.world.classifier_training import _normalize, fit_classifier  # noqa: E402
 from dct_core.world.classifier_zoo import CLASSIFIERS  # noqa: E402
 from dct_core.world.scenes import CLASSES, LABELS, render  # noqa: E402
 
@@ -101,23 +100,13 @@ def real_renders(per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def train_on(images: torch.Tensor, labels: torch.Tensor, *, steps: int, seed: int, batch: int):
-    """The world's classifier recipe (train_classifier) with batches drawn from a fixed set."""
-    spec = CLASSIFIERS["held-out"]
-    torch.manual_seed(seed)
-    model = build_classifier(spec)
-    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.05)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=spec.lr, total_steps=steps, pct_start=0.1)
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        model.train()
+    """The world's classifier recipe (``fit_classifier``) with batches drawn from a fixed set."""
+
+    def draw(g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         pick = torch.randint(len(labels), (batch,), generator=g)
-        x = degrade(images[pick], g)
-        loss = F.cross_entropy(model(_normalize(x)), labels[pick], label_smoothing=0.05)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-    return model.eval()
+        return images[pick], labels[pick]
+
+    return fit_classifier(CLASSIFIERS["held-out"], draw, steps=steps, seed=seed)
 
 
 @torch.no_grad()

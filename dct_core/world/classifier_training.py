@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -69,11 +70,10 @@ def accuracy(model, images: torch.Tensor, labels: torch.Tensor) -> float:
     return float((model(_normalize(images)).argmax(-1) == labels).float().mean())
 
 
-def train_classifier(spec: ClassifierSpec, folder: Path, *, steps: int, seed: int, batch: int = 128,
-                     redrawn: tuple[torch.Tensor, torch.Tensor] | None = None,
-                     redrawn_test: tuple[torch.Tensor, torch.Tensor] | None = None, log=print) -> dict:
-    """Half of each batch comes from ``redrawn`` (images, labels: scenes redrawn by the diffusion model) when
-    given, the rest are fresh renders; all pass through ``degrade``."""
+def fit_classifier(spec: ClassifierSpec, draw: Callable[[torch.Generator], tuple[torch.Tensor, torch.Tensor]], *,
+                   steps: int, seed: int, log=None) -> torch.nn.Module:
+    """The world's classifier recipe: ``spec``'s architecture from scratch, AdamW with a one-cycle schedule, label
+    smoothing, every batch from ``draw(generator)`` passed through ``degrade``. Returned in eval mode."""
     torch.manual_seed(seed)
     model = build_classifier(spec)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.05)
@@ -82,24 +82,35 @@ def train_classifier(spec: ClassifierSpec, folder: Path, *, steps: int, seed: in
     started = time.time()
     for step in range(steps):
         model.train()
-        if redrawn is None:
-            scenes = sample_scenes(batch, g)
-            images, labels = scenes.images, scenes.labels
-        else:
-            scenes = sample_scenes(batch - batch // 2, g)
-            pick = torch.randint(len(redrawn[1]), (batch // 2,), generator=g)
-            images = torch.cat([scenes.images, redrawn[0][pick]])
-            labels = torch.cat([scenes.labels, redrawn[1][pick]])
+        images, labels = draw(g)
         x = degrade(images, g)
         loss = F.cross_entropy(model(_normalize(x)), labels, label_smoothing=0.05)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-        if (step + 1) % 250 == 0:
+        if log is not None and (step + 1) % 250 == 0:
             log(f"{spec.architecture} step {step + 1}/{steps}  loss {loss.item():.3f}  "
                 f"{(time.time() - started) / 60:.1f} min")
-    model.eval()
+    return model.eval()
+
+
+def train_classifier(spec: ClassifierSpec, folder: Path, *, steps: int, seed: int, batch: int = 128,
+                     redrawn: tuple[torch.Tensor, torch.Tensor] | None = None,
+                     redrawn_test: tuple[torch.Tensor, torch.Tensor] | None = None, log=print) -> dict:
+    """Half of each batch comes from ``redrawn`` (images, labels: scenes redrawn by the diffusion model) when
+    given, the rest are fresh renders; all pass through ``degrade``."""
+
+    def draw(g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        if redrawn is None:
+            scenes = sample_scenes(batch, g)
+            return scenes.images, scenes.labels
+        scenes = sample_scenes(batch - batch // 2, g)
+        pick = torch.randint(len(redrawn[1]), (batch // 2,), generator=g)
+        return torch.cat([scenes.images, redrawn[0][pick]]), torch.cat([scenes.labels, redrawn[1][pick]])
+
+    started = time.time()
+    model = fit_classifier(spec, draw, steps=steps, seed=seed, log=log)
     test_g = torch.Generator().manual_seed(10_000 + seed)
     test = sample_scenes(2000, test_g)
     summary = {
