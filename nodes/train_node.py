@@ -39,6 +39,19 @@ def _deprecated() -> dict:
     return {"is_deprecated": True} if "is_deprecated" in inspect.signature(io.Schema).parameters else {}
 
 
+def _subject_inputs() -> list:
+    """What both Train nodes start with: the models, the classifier and the class."""
+    return [
+        io.Model.Input("model", tooltip="The diffusion model to train the token for (SD1.x, SD2.x, SDXL)."),
+        io.Clip.Input("clip", tooltip="Its text encoder; the token gets one vector per encoder."),
+        io.Vae.Input("vae", tooltip="Decodes the generated latents for the classifier."),
+        ClassifierSocket.Input("classifier", tooltip="The teacher, from Load Classifier (DCT)."),
+        io.String.Input("target_class", default="tiger cat",
+                        tooltip="The class to steer toward: a label name (any synonym, any case) or an index. A "
+                                "miss lists close names."),
+    ]
+
+
 def _outputs() -> list:
     return [
         ClassTokenSocket.Output("CLASS_TOKEN", display_name="class token"),
@@ -61,13 +74,7 @@ class TrainToken(io.ComfyNode):
                         "apply). Saves it to models/embeddings so embedding:<name> works in any prompt. More "
                         "settings: plug a DCT Training Options node into 'options'.",
             inputs=[
-                io.Model.Input("model", tooltip="The diffusion model to train the token for (SD1.x, SD2.x, SDXL)."),
-                io.Clip.Input("clip", tooltip="Its text encoder; the token gets one vector per encoder."),
-                io.Vae.Input("vae", tooltip="Decodes the generated latents for the classifier."),
-                ClassifierSocket.Input("classifier", tooltip="The teacher, from Load Classifier (DCT)."),
-                io.String.Input("target_class", default="tiger cat",
-                                tooltip="The class to steer toward: a label name (any synonym, any case) or an "
-                                        "index. A miss lists close names."),
+                *_subject_inputs(),
                 io.Int.Input("steps", default=0, min=0, max=10000,
                              tooltip=from_recipe("Maximum optimization steps", "max_steps")),
                 io.String.Input("save_name", default="class-token",
@@ -110,13 +117,7 @@ class TrainClassToken(io.ComfyNode):
                         "workflows run as before. New workflows: Train Discriminative Token (DCT), with DCT "
                         "Training Options for the other settings.",
             inputs=[
-                io.Model.Input("model", tooltip="The diffusion model to train the token for (SD1.x, SD2.x, SDXL)."),
-                io.Clip.Input("clip", tooltip="Its text encoder; the token gets one vector per encoder."),
-                io.Vae.Input("vae", tooltip="Decodes the generated latents for the classifier."),
-                ClassifierSocket.Input("classifier", tooltip="The teacher, from Load Classifier (DCT)."),
-                io.String.Input("target_class", default="tiger cat",
-                                tooltip="The class to steer toward: a label name (any synonym, any case) or an "
-                                        "index. A miss lists close names."),
+                *_subject_inputs(),
                 io.String.Input("init_word", default="",
                                 tooltip="Word whose embedding starts the token: empty = the recipe's ('a', as the "
                                         "paper for ImageNet); a related word such as 'bird' helps a bird "
