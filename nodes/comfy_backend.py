@@ -86,6 +86,8 @@ class ComfyBackend:
         self.sampler_name, self.scheduler = sampler_name, scheduler
         self.decoder = decoder  # optional differentiable decoder for the training signal (TAESD)
         self.checkpointing = checkpointing  # in the text encoder (the engine asks per UNet step and decode)
+        layer = host.clip_layer_class()  # the text encoder's checkpoint units: one per transformer layer
+        self._encoder_layers = [m for m in clip.cond_stage_model.modules() if isinstance(m, layer)]
         self.device = host.torch_device()
         self.dtype = torch.float32
         self.encoders = {
@@ -117,10 +119,8 @@ class ComfyBackend:
         self.clip.load_model()
         grad = torch.is_grad_enabled()
         encoder = self.clip.cond_stage_model
-        layer = host.clip_layer_class()
-        layers = [m for m in encoder.modules() if isinstance(m, layer)]  # one unit per transformer layer
-        reload = (lambda: self.clip.load_model()) if hasattr(self.clip, "load_model") else None
-        ckpt = gradient_checkpointing(encoder, layers, reload) if grad and self.checkpointing else nullcontext()
+        ckpt = gradient_checkpointing(encoder, self._encoder_layers, self.clip.load_model) \
+            if grad and self.checkpointing else nullcontext()
         with trainable_weights([encoder]) if grad else nullcontext(), ckpt:
             with token_registered(self.clip.tokenizer, TRIGGER, dict(vectors or {})):
                 for prompt in prompts:
