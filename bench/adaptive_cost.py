@@ -50,7 +50,7 @@ def measure(size: str, every: str, threads: int) -> dict:
         classifier = ImageClassifier(net.eval(), [str(i) for i in range(1000)], Preprocess.from_timm(net))
     classifier.module.requires_grad_(False)
     backend = DiffusersBackend(pipe)
-    sampling = SamplingConfig(resolution=res, steps=steps, guidance=7.0)
+    sampling = SamplingConfig(resolution=res, sampling_steps=steps, guidance=7.0)
     prompts, seeds = ["a photo of a tiger cat"], [0]
 
     def run():

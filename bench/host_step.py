@@ -121,7 +121,7 @@ def measure(setting: str, args) -> dict:
         model, clip, vae = host_nodes.CheckpointLoaderSimple().load_checkpoint("bench.safetensors")[:3]
         net = timm.create_model("resnet50", pretrained=False, num_classes=1000).eval()
     classifier = ImageClassifier(net, [str(i) for i in range(1000)], Preprocess.from_timm(net))
-    sampling = SamplingConfig(resolution=args.res, steps=args.steps, guidance=7.5)
+    sampling = SamplingConfig(resolution=args.res, sampling_steps=args.steps, guidance=7.5)
     seconds: dict[str, float] = {}
 
     def sample():

@@ -86,7 +86,7 @@ def measure(size: str, mode: str, threads: int) -> dict:
     classifier = ImageClassifier(net.eval(), [str(i) for i in range(net.num_classes)], Preprocess.from_timm(net))
     if model == "tiny":
         classifier = ImageClassifier(net.eval(), classifier.labels, Preprocess(input_size=(32, 32), crop_pct=1.0))
-    sampling = SamplingConfig(resolution=res, steps=steps, guidance=7.0)
+    sampling = SamplingConfig(resolution=res, sampling_steps=steps, guidance=7.0)
     train, depth, ckpt = MODES[mode]
     depth = steps if depth == -1 else depth
     if depth > steps:

@@ -3,8 +3,9 @@
 At chosen sampling steps the conditional text embedding e is moved by a normalized gradient step that raises a
 score of the decoded x0 prediction, ``e <- e - rho * g / ||g||`` with g the gradient of minus the score (plus
 an optional L2 pull toward the original), then sampling goes on with the updated e. No training; it works
-on a plain prompt or refines a trained class token. ``date_update`` is the one definition of the step: the
-engine and the ComfyUI node (nodes/adaptive_node.py) both call it.
+on a plain prompt or refines a trained class token. One definition of each piece serves the engine
+(``adaptive_generate``, any Backend) and the ComfyUI node (nodes/adaptive_node.py): ``AdaptiveConfig.update_steps``
+picks the steps, ``date_adapt`` runs the updates of one chosen step, ``date_update`` is the step itself.
 """
 
 from __future__ import annotations
@@ -47,7 +48,10 @@ class AdaptiveConfig:
             raise DCTError(f"unknown score {self.score!r}; use log_prob or logit.")
 
     def update_steps(self, total: int) -> list[int]:
-        """Step indices (0-based, of ``total``) at which the embedding is updated."""
+        """Step indices (0-based, of ``total``) at which the embedding is updated (none when rho is 0): every
+        k-th step or exactly ``steps``, within the ``interval`` fraction of the trajectory."""
+        if self.rho == 0:
+            return []
         lo, hi = self.interval
         chosen = self.steps if self.steps is not None else range(0, total, self.every)
         return sorted(i for i in set(chosen) if 0 <= i < total and lo * total <= i <= hi * total)
@@ -87,29 +91,59 @@ def date_update(
     return (value.detach().float() - rho * g / norm).to(value.dtype)
 
 
+def date_adapt(
+    original: Sequence[torch.Tensor],
+    current: Sequence[torch.Tensor],
+    predict_x0: Callable[[list[torch.Tensor]], torch.Tensor],
+    decode: Callable[[torch.Tensor], torch.Tensor],
+    score: Callable[[torch.Tensor], torch.Tensor],
+    config: AdaptiveConfig,
+    *,
+    masks: Sequence[torch.Tensor | None] = (),
+) -> list[torch.Tensor]:
+    """The DATE updates of one chosen step, the loop every caller runs (engine and ComfyUI node alike).
+
+    The conditioning is the list of tensors that move, one row per image ([B, ...] each; the unmodified
+    ``original`` and the ``current`` one, parallel lists). ``predict_x0(values)`` is the guided model's x0 with
+    those tensors in place, ``decode`` turns it into images [B, 3, H, W] in [0, 1] and ``score`` gives the score
+    per image to raise. Starting from ``original`` (``config.reset``) or ``current``, ``config.updates_per_step``
+    times: one ``date_update`` of each tensor (prior toward its original; ``masks[i]`` [B, L] keeps only those
+    positions of tensor i). A tensor the score does not depend on stays as it is. Returns the moved tensors,
+    detached, in the same order."""
+    values = [v.detach().clone() for v in (original if config.reset else current)]
+    for _ in range(config.updates_per_step):
+        leaves = [v.requires_grad_(True) for v in values]
+        with torch.enable_grad():
+            objective = -score(decode(predict_x0(leaves))).sum()
+            grads = torch.autograd.grad(objective, leaves, allow_unused=True)
+        values = [leaf.detach() if g is None else
+                  date_update(leaf, g, config.rho, original=original[i], prior=config.prior,
+                              mask=masks[i] if i < len(masks) else None)
+                  for i, (leaf, g) in enumerate(zip(leaves, grads))]
+    return values
+
+
 def adapt_conditioning(backend: Backend, traj: Trajectory, cond: Conditioning, uncond: Conditioning,
                        original: Conditioning, score_fn: Callable[[torch.Tensor], torch.Tensor],
                        config: AdaptiveConfig) -> Conditioning:
-    """One DATE update of ``cond`` at the trajectory's current step; ``original`` is the unmodified one."""
-    start = original if config.reset else cond
-    hidden = start.hidden.detach().clone()
-    pooled = None if start.pooled is None else start.pooled.detach().clone()
-    move_pooled = config.target == "pooled" and pooled is not None
+    """One DATE update of ``cond`` at the trajectory's current step; ``original`` is the unmodified one. What
+    moves: the hidden states (only the class-token positions with target "token"), and the pooled embedding too
+    with target "pooled"."""
     mask = cond.token_mask if config.target == "token" else None
     if config.target == "token" and (mask is None or not bool(mask.any())):
         raise DCTError("target 'token' needs a class token in the prompt ({token}).")
-    for _ in range(config.updates_per_step):
-        h = hidden.requires_grad_(True)
-        p = pooled.requires_grad_(True) if move_pooled and pooled is not None else pooled
-        with torch.enable_grad():
-            x0 = backend.predict_x0(traj, cond._replace(hidden=h, pooled=p), uncond)
-            objective = -score_fn(backend.decode(x0, checkpoint=True)).sum()
-            leaves = [h, p] if move_pooled and p is not None else [h]
-            grads = torch.autograd.grad(objective, leaves)
-        hidden = date_update(h, grads[0], config.rho, original=original.hidden, prior=config.prior, mask=mask)
-        if move_pooled and p is not None:
-            pooled = date_update(p, grads[1], config.rho)
-    return cond._replace(hidden=hidden, pooled=pooled)
+    move_pooled = config.target == "pooled" and cond.pooled is not None and original.pooled is not None
+
+    def parts(c: Conditioning) -> list[torch.Tensor]:
+        return [c.hidden, c.pooled] if move_pooled and c.pooled is not None else [c.hidden]
+
+    def with_parts(values: list[torch.Tensor]) -> Conditioning:
+        return cond._replace(hidden=values[0], pooled=values[1] if move_pooled else cond.pooled)
+
+    moved = date_adapt(parts(original), parts(cond),
+                       lambda values: backend.predict_x0(traj, with_parts(values), uncond),
+                       lambda x0: backend.decode(x0, checkpoint=True), score_fn, config, masks=[mask])
+    return with_parts(moved)
 
 
 def adaptive_generate(
@@ -132,7 +166,7 @@ def adaptive_generate(
             original = backend.encode(list(prompts), vectors)
             uncond = backend.negative(sampling.negative_prompt, len(prompts))
         traj = backend.start(seeds, sampling)
-        chosen = set(config.update_steps(traj.total_steps)) if config.rho > 0 else set()
+        chosen = set(config.update_steps(traj.total_steps))
         cond = original
         for i in range(traj.total_steps):
             if i in chosen:

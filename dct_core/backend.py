@@ -46,6 +46,7 @@ class Backend(Protocol):
     device: torch.device
     dtype: torch.dtype  # the models' compute dtype (autocast and gradient scaling follow it)
     encoders: dict[str, int]  # text encoder name ("clip_l", "clip_g", "clip_h") -> embedding width
+    sampler: str  # the sampler the backend runs, as token metadata records it ("ddim", "euler/normal")
 
     def modules(self) -> list[torch.nn.Module]:
         """Every host module the loop runs through (frozen for the duration of training)."""

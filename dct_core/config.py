@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from .errors import DCTError
+from .settings import check_all
 
 # The paper's two training prompts (Sec. 3, "Number of prompts").
 PAPER_TEMPLATES: tuple[str, ...] = (
@@ -17,23 +18,17 @@ PAPER_TEMPLATES: tuple[str, ...] = (
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """How each image of a batch is generated."""
+    """How each image of a batch is generated (the sampler itself is each backend's choice)."""
 
     resolution: int = 512  # SD1.x/SD2-base native size; SDXL wants 1024
-    steps: int = 30  # sampling steps, reference code default
+    sampling_steps: int = 30  # reference code default
     guidance: float = 7.0  # classifier-free guidance scale
     negative_prompt: str = ""
-    scheduler: str = "ddim"  # "ddim" | "euler" | "own" (the class the model folder names)
 
     def validate(self) -> None:
-        if self.resolution < 8 or self.resolution % 8:
+        check_all({f.name: getattr(self, f.name) for f in fields(self)})
+        if self.resolution % 8:
             raise DCTError(f"resolution {self.resolution} is not a positive multiple of 8; use e.g. 512.")
-        if self.steps < 1:
-            raise DCTError(f"sampling steps must be at least 1, got {self.steps}.")
-        if self.guidance < 0:
-            raise DCTError(f"guidance scale must be >= 0, got {self.guidance}.")
-        if self.scheduler not in ("ddim", "euler", "own"):
-            raise DCTError(f"unknown scheduler {self.scheduler!r}; choose ddim, euler or own.")
 
 
 @dataclass(frozen=True)
@@ -81,40 +76,14 @@ class TrainConfig:
     def validate(self) -> None:
         from .prompts import check_templates
 
+        check_all({f.name: getattr(self, f.name) for f in fields(self) if f.name != "sampling"})
         check_templates(self.templates)
         self.sampling.validate()
-        if self.batch_size < 1:
-            raise DCTError(f"batch size must be at least 1, got {self.batch_size}.")
-        if self.micro_batch is not None and self.micro_batch < 1:
-            raise DCTError(f"micro batch must be at least 1, got {self.micro_batch}.")
-        if self.num_vectors < 1:
-            raise DCTError(f"number of vectors must be at least 1, got {self.num_vectors}.")
-        if self.lr <= 0:
-            raise DCTError(f"learning rate must be positive, got {self.lr}.")
-        if self.max_steps < 1:
-            raise DCTError(f"steps must be at least 1, got {self.max_steps}.")
-        if not 1 <= self.backprop_depth <= self.sampling.steps:
+        if self.backprop_depth > self.sampling.sampling_steps:
             raise DCTError(
-                f"backprop depth {self.backprop_depth} must be between 1 and the {self.sampling.steps} "
+                f"backprop depth {self.backprop_depth} must be between 1 and the {self.sampling.sampling_steps} "
                 "sampling steps."
             )
-        if self.gradient_point not in ("last", "x0"):
-            raise DCTError(f"unknown gradient point {self.gradient_point!r}; use last or x0.")
-        lo, hi = self.x0_interval
-        if not 0 <= lo <= hi <= 1:
-            raise DCTError(f"x0 interval {self.x0_interval} must be two fractions 0 <= start <= end <= 1.")
-        if self.keep not in ("best", "last"):
-            raise DCTError(f"unknown keep {self.keep!r}; use best or last.")
-        if self.threshold_window < 1:
-            raise DCTError(f"threshold window must be at least 1, got {self.threshold_window}.")
-        if not 0 <= self.enough_prob < 1:
-            raise DCTError(f"enough_prob must be in [0, 1), got {self.enough_prob}.")
-        if self.x0_points < 1 or min(self.validation_images, self.init_pull, self.norm_cap, self.preserve) < 0:
-            raise DCTError("x0 points must be at least 1; validation images, init pull, norm cap, preserve >= 0.")
-        if not 0 < self.accuracy_threshold <= 1:
-            raise DCTError(f"accuracy threshold must be in (0, 1], got {self.accuracy_threshold}.")
-        if self.patience < 1:
-            raise DCTError(f"patience must be at least 1, got {self.patience}.")
 
 
 # Named recipes: overrides of TrainConfig's defaults (which are the paper's). Every front end (the CLI, the
@@ -124,8 +93,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # random intermediate sampling step, new seeds every step, a stronger learning rate, stop on an all-correct
     # batch. On the demo world it kept the free attributes' variety where the whole-trajectory gradient
     # collapsed it, gained far more than the paper's last step, and costs less per step than it.
-    "balanced": dict(gradient_point="x0", x0_interval=(0.2, 0.8), lr=0.05, batch_size=8, fresh_seeds=True,
-                     max_steps=25, accuracy_threshold=1.0, patience=25),
+    "balanced": {"gradient_point": "x0", "x0_interval": (0.2, 0.8), "lr": 0.05, "batch_size": 8,
+                 "fresh_seeds": True, "max_steps": 25, "accuracy_threshold": 1.0, "patience": 25},
     "paper": {},  # Schwartz et al. and their reference code: K = 1 (gradient skipping), lr 0.00125, fixed seeds
 }
 DEFAULT_PRESET = "balanced"
@@ -133,25 +102,40 @@ DEFAULT_PRESET = "balanced"
 
 def preset_config(preset: str = DEFAULT_PRESET, **overrides: Any) -> TrainConfig:
     """The TrainConfig of a named preset with ``overrides`` applied (None values are ignored, so front ends
-    can pass every option and leave the unset ones to the preset). ``sampling`` may be a SamplingConfig or a
-    dict of its fields."""
+    can pass every setting and leave the unset ones to the preset). Generation settings may be given flat
+    (``sampling_steps=4``) or as ``sampling``: a SamplingConfig (the base, e.g. a model's own defaults) or a dict
+    of its fields; flat ones win."""
     if preset not in PRESETS:
         raise DCTError(f"unknown recipe {preset!r}; choose one of: {', '.join(PRESETS)}.")
     settings = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+    sampling_names = {f.name for f in fields(SamplingConfig)}
+    flat = {k: settings.pop(k) for k in list(settings) if k in sampling_names}
     known = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(settings) - known)
     if unknown:
-        raise DCTError(f"unknown training setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}.")
+        raise DCTError(f"unknown training setting(s) {', '.join(unknown)}; known: "
+                       f"{', '.join(sorted(known | sampling_names))}.")
     sampling = settings.pop("sampling", None)
+    for name in ("templates", "x0_interval"):  # lists from JSON or a widget: the config holds tuples
+        if isinstance(settings.get(name), list):
+            settings[name] = tuple(settings[name])
+    check_all(settings)
     config = TrainConfig(**settings)
     if isinstance(sampling, SamplingConfig):
         config = replace(config, sampling=sampling)
     elif sampling:
         config = replace(config, sampling=replace(config.sampling, **sampling))
-    if "templates" in settings:
-        config = replace(config, templates=tuple(config.templates))
+    if flat:
+        config = replace(config, sampling=replace(config.sampling, **flat))
     if "x0_interval" in settings:
         lo, hi = config.x0_interval
         config = replace(config, x0_interval=(float(lo), float(hi)))
     config.validate()
     return config
+
+
+def config_values(config: TrainConfig) -> dict[str, Any]:
+    """Every setting of ``config`` by its one name (generation settings flat), e.g. for listing or metadata."""
+    values = {f.name: getattr(config, f.name) for f in fields(config) if f.name != "sampling"}
+    values.update({f.name: getattr(config.sampling, f.name) for f in fields(config.sampling)})
+    return values

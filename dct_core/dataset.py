@@ -17,9 +17,7 @@ For every token file in a library folder (``dct library``'s ``<class>.safetensor
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +26,11 @@ import torch
 
 from .backend import Backend
 from .config import PAPER_TEMPLATES, SamplingConfig
-from .distributed import Ranks, barrier, process_group, ranks_from_env
+from .distributed import Ranks, barrier, ranks_from_env
 from .errors import DCTError
 from .files import atomic_write
 from .prompts import check_templates, fill_label, strip_token
+from .settings import check
 from .tokens import TOKEN_SUFFIXES, ClassToken, load_class_token, sanitize_name
 
 MANIFEST = "manifest.jsonl"
@@ -140,9 +139,10 @@ def _png_bytes(image: torch.Tensor) -> bytes:
     return buffer.getvalue()
 
 
-def _sampling_record(sampling: SamplingConfig) -> dict:
-    return {"resolution": sampling.resolution, "steps": sampling.steps, "guidance": sampling.guidance,
-            "scheduler": sampling.scheduler, "negative_prompt": sampling.negative_prompt}
+def _sampling_record(sampling: SamplingConfig, sampler: str) -> dict:
+    """The manifest's record of how an image was drawn (its keys are the manifest format's)."""
+    return {"resolution": sampling.resolution, "steps": sampling.sampling_steps, "guidance": sampling.guidance,
+            "scheduler": sampler, "negative_prompt": sampling.negative_prompt}
 
 
 def write_dataset(
@@ -161,15 +161,14 @@ def write_dataset(
     log=None,
 ) -> DatasetSummary:
     """Write this rank's share of the dataset, then (rank 0, after a barrier) the manifest. See the module doc."""
-    if images_per_class < 1:
-        raise DCTError(f"images per class must be at least 1, got {images_per_class}.")
+    check("images_per_class", images_per_class)
     ranks = ranks or ranks_from_env()
     sampling = sampling or SamplingConfig()
     sampling.validate()
     out = Path(out_dir)
     plans = plan_classes(library_dir, prompt_template, without_tokens)
     units = _units(plans, images_per_class)
-    settings = _sampling_record(sampling)
+    settings = _sampling_record(sampling, backend.sampler)
     written = skipped = 0
     failure: BaseException | None = None
     try:
@@ -258,68 +257,3 @@ def _write_manifest(out: Path, plans: Sequence[ClassPlan], units, seed0: int) ->
     manifest = out / MANIFEST
     _write_if_changed(manifest, ("\n".join(lines) + "\n").encode())
     return manifest
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """`dct dataset`'s options (all of them, --model included)."""
-    p.add_argument("--model", required=True,
-                   help="local diffusers folder, single-file .safetensors checkpoint, or a built-in model name "
-                        "('world': the demo world)")
-    p.add_argument("--model-kind", choices=["sd1", "sd2", "sd2-v", "sdxl"], help="family of a single-file checkpoint")
-    p.add_argument("--library", required=True, help="folder of class tokens (dct library's output)")
-    p.add_argument("--images-per-class", type=int, required=True, help="images to draw per class")
-    p.add_argument("--out", required=True, help="output folder: OUT/<class>/<seed>.png and OUT/manifest.jsonl")
-    p.add_argument("--prompt-template",
-                   help="prompt for every class, with {token} and {label} (default: each token's training "
-                        "templates, in turn)")
-    p.add_argument("--without-tokens", action="store_true",
-                   help="the same prompts without the class token (the plain-prompt baseline, same seeds)")
-    p.add_argument("--seed", type=int, default=FIRST_SEED, help=f"first seed (default {FIRST_SEED})")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto; one GPU per rank)")
-    p.add_argument("--dtype", default="auto", help="auto, fp32, fp16 or bf16 (auto: fp32 on CPU, bf16/fp16 on GPU)")
-
-
-def _backend_and_sampling(args, ranks: Ranks) -> tuple[Backend, SamplingConfig]:
-    from .diffusers_backend import DiffusersBackend
-    from .model_loading import load_pipeline
-    from .registry import named_model
-    from .runtime import resolve_device, resolve_dtype
-
-    device = ranks.device() if args.device == "auto" else resolve_device(args.device)
-    dtype = resolve_dtype(args.dtype, device)
-    named = named_model(args.model)
-    if named is not None:
-        return named.load_backend(device, dtype), named.sampling
-    pipe = load_pipeline(args.model, device=device, dtype=dtype, kind=args.model_kind)
-    return DiffusersBackend(pipe), SamplingConfig()
-
-
-def run(args) -> int:
-    with process_group() as ranks:
-        backend, sampling = _backend_and_sampling(args, ranks)
-
-        def log(msg: str) -> None:
-            print(f"[rank {ranks.rank}] {msg}" if ranks.world_size > 1 else msg, file=sys.stderr, flush=True)
-
-        summary = write_dataset(backend, args.library, args.out, args.images_per_class, args.prompt_template,
-                                args.without_tokens, args.seed, ranks, sampling=sampling, model=args.model, log=log)
-    if ranks.is_main:
-        print(f"{summary.images} images of {summary.classes} classes in {summary.out_dir} (this process wrote "
-              f"{summary.written}, found {summary.skipped} already there); manifest: {summary.manifest}")
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="dct dataset", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(p)
-    args = p.parse_args(argv)
-    try:
-        return run(args)
-    except DCTError as exc:
-        print(f"dct dataset: error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -21,11 +21,18 @@ from .errors import DCTError
 from .evaluation import WITH, WITHOUT, compare_with_token, token_quality
 from .files import atomic_write
 from .images import make_grid, save_image
-from .run import TrainJob, run_training
+from .run import RunHooks, TrainJob, run_training
 from .tokens import sanitize_name
 from .training import StepRecord
-from .world import SAMPLING, load_world_backend, load_world_classifier, reference_renders, variety_reader
-from .world.facts import DEMO_CLASSES, DEMO_RECIPE, EVAL_FIRST_SEED, DemoClass
+from .world import (
+    SAMPLING,
+    TRAIN_DEFAULTS,
+    load_world_backend,
+    load_world_classifier,
+    reference_renders,
+    variety_reader,
+)
+from .world.facts import DEMO_CLASSES, EVAL_FIRST_SEED, DemoClass
 
 
 def demo_config(steps: int | None = None, backprop_depth: int | None = None, seed: int = 0,
@@ -34,9 +41,7 @@ def demo_config(steps: int | None = None, backprop_depth: int | None = None, see
     ``overrides``."""
     given = {k: v for k, v in dict(max_steps=steps, backprop_depth=backprop_depth, **overrides).items()
              if v is not None}
-    # The world's models are tiny: memory is no concern there, and a recompute would only cost time.
-    return preset_config(recipe, **{**DEMO_RECIPE, "sampling": SAMPLING, "seed": seed, "checkpointing": False,
-                                    **given})
+    return preset_config(recipe, **{**TRAIN_DEFAULTS, "sampling": SAMPLING, "seed": seed, **given})
 
 
 @dataclass
@@ -71,7 +76,7 @@ class DemoReport:
             "backprop_depth": self.config.backprop_depth,
             "train_steps_max": self.config.max_steps,
             "batch_size": self.config.batch_size,
-            "sampling": {"steps": self.config.sampling.steps, "guidance": self.config.sampling.guidance},
+            "sampling": {"steps": self.config.sampling.sampling_steps, "guidance": self.config.sampling.guidance},
             "num_images": self.num_images,
             "cancelled": self.cancelled,
             "first_seed": EVAL_FIRST_SEED,
@@ -132,17 +137,17 @@ def run_demo(
             TrainJob(backend, guide, index, cfg, name=sanitize_name(target.label), prompt_label=target.word,
                      out=out / f"{sanitize_name(target.label)}.safetensors", overwrite=overwrite,
                      overwrite_hint="pass --overwrite", recipe=recipe, base_model="dct demo world"),
-            on_step=on_step, should_cancel=should_cancel,
+            RunHooks(on_step=on_step, should_cancel=should_cancel),
         )
         result = outcome.result
         seconds = time.perf_counter() - started
-        if outcome.save_error is not None:
-            raise DCTError(outcome.save_error)
         if outcome.path is not None:  # the best token so far is kept, also when cancelled
             report.token_paths.append(outcome.path)
-        if result.stopped == "cancelled" or (should_cancel is not None and should_cancel()):
+        if outcome.cancelled or (should_cancel is not None and should_cancel()):
             report.cancelled = True
             break
+        if outcome.error() is not None:
+            raise DCTError(outcome.error())
         vectors = result.token.for_encoders(backend.encoders)
         accuracy, images = compare_with_token(
             backend, judges, target.label, target.word, cfg.templates, vectors, seeds, SAMPLING, chunk=32,

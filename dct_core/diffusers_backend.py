@@ -14,6 +14,7 @@ from .backend import Conditioning, Trajectory, Vectors
 from .config import SamplingConfig
 from .errors import DCTError
 from .prompts import tokenize_with_slots
+from .settings import check
 
 
 @contextmanager
@@ -42,8 +43,10 @@ def encoder_names(widths: Sequence[int]) -> list[str]:
 
 
 class DiffusersBackend:
-    def __init__(self, pipe: Any):
+    def __init__(self, pipe: Any, sampler: str = "ddim"):
+        check("sampler", sampler)
         self.pipe = pipe
+        self.sampler = sampler  # "ddim" | "euler" | "own" (the scheduler class the model folder names)
         self.unet, self.vae = pipe.unet, pipe.vae
         encoders = [pipe.text_encoder]
         tokenizers = [pipe.tokenizer]
@@ -111,8 +114,8 @@ class DiffusersBackend:
         return cls.from_config(config)
 
     def start(self, seeds: Sequence[int], sampling: SamplingConfig) -> Trajectory:
-        sched = self._scheduler(sampling.scheduler)
-        sched.set_timesteps(sampling.steps, device=self.device)
+        sched = self._scheduler(self.sampler)
+        sched.set_timesteps(sampling.sampling_steps, device=self.device)
         size = sampling.resolution // self.latent_scale
         shape = (self.unet.config.in_channels, size, size)
         noise = [torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]

@@ -27,13 +27,13 @@ import torch
 from .backend import Backend
 from .classifiers import Classifier
 from .config import DEFAULT_PRESET, TrainConfig
-from .distributed import Ranks, barrier, process_group
+from .distributed import Ranks, barrier
 from .errors import DCTError
 from .files import atomic_write, remove_stale_temps
-from .run import TrainJob, run_training
+from .run import RunHooks, TrainJob, run_training
 from .safe_load import read_safetensors_metadata
-from .tokens import TOKEN_FILE, load_class_token, sanitize_name, save_class_token
-from .training import StepRecord
+from .tokens import TOKEN_FILE, load_class_token, sanitize_name
+from .training import StepRecord, TrainResult
 
 INDEX_NAME = "index.json"
 FAILED_DIR = ".failed"
@@ -238,30 +238,29 @@ def _held_out(backend: Backend, settings: LibrarySettings, label: str, prompt_la
 
 def train_one(backend: Backend, classifier: Classifier, c: LibraryClass, out: Path, settings: LibrarySettings,
               on_step: Callable[[StepRecord, torch.Tensor], None] | None = None) -> dict:
-    """Train, judge and save one class (its failure record on any error); the class's index entry."""
+    """Train, judge and save one class through the run path (its failure record on any error); its index entry."""
     started = time.perf_counter()
     try:
         if c.error is not None or c.index is None:
             raise DCTError(c.error or f"no class {c.label!r}.")
         word = (settings.prompt_words or {}).get(c.label, c.label)
         config = replace(settings.config, init_word=word) if settings.init_from_word else settings.config
-        job = TrainJob(backend, classifier, c.index, config, name=c.key, prompt_label=word, out=None,
-                       recipe=settings.recipe, base_model=settings.base_model,
-                       classifier_name=settings.classifier_name, sampler=config.sampling.scheduler)
-        outcome = run_training(job, on_step=on_step)
-        result = outcome.result
-        if result.stopped == "non-finite":
-            raise DCTError(f"training diverged: non-finite loss or gradient at step {len(result.history)}.")
-        if not result.history:
-            raise DCTError(f"training stopped before its first step ({result.stopped}).")
-        token = result.token
-        token.metadata["seconds"] = f"{time.perf_counter() - started:.2f}"
-        if settings.eval_classifier is not None:
-            with_token, without = _held_out(backend, settings, c.label, word, token.for_encoders(backend.encoders),
-                                            config)
-            token.metadata.update(held_out_accuracy=f"{with_token:.4f}", held_out_without=f"{without:.4f}",
-                                  held_out_classifier=settings.eval_name)
-        save_class_token(token, token_file(out, c.key), overwrite=True, fallback=True)
+
+        def judged(result: TrainResult) -> dict[str, str]:
+            meta = {"seconds": f"{time.perf_counter() - started:.2f}"}
+            if settings.eval_classifier is not None:
+                with_token, without = _held_out(backend, settings, c.label, word,
+                                                result.token.for_encoders(backend.encoders), config)
+                meta.update(held_out_accuracy=f"{with_token:.4f}", held_out_without=f"{without:.4f}",
+                            held_out_classifier=settings.eval_name)
+            return meta
+
+        job = TrainJob(backend, classifier, c.index, config, name=c.key, prompt_label=word,
+                       out=token_file(out, c.key), overwrite=True, recipe=settings.recipe,
+                       base_model=settings.base_model, classifier_name=settings.classifier_name)
+        error = run_training(job, hooks=RunHooks(on_step=on_step, extra_metadata=judged)).error()
+        if error is not None:
+            raise DCTError(error)
     except Exception as exc:  # one class's failure never stops the others
         message = str(exc) if isinstance(exc, DCTError) else f"{type(exc).__name__}: {exc}"
         record_failure(out, c, message, time.perf_counter() - started)
@@ -337,60 +336,21 @@ def format_summary(index: dict) -> str:
     return "\n".join(lines)
 
 
-# --- the command -------------------------------------------------------------------------------------------------
+# --- the job -----------------------------------------------------------------------------------------------------
 
 
-def world_prompt_words(model: str) -> tuple[dict[str, str] | None, dict]:
-    """On the demo world: each class's coarse caption word (as `dct demo` prompts it) and the demo's recipe
-    overrides; elsewhere none (prompts use the classifier's label)."""
-    from .registry import named_model
-
-    if model != "world" or named_model(model) is None:
-        return None, {}
-    from .world.facts import DEMO_RECIPE
-    from .world.scenes import CLASSES
-
-    return {c.label: c.noun for c in CLASSES}, {**DEMO_RECIPE, "checkpointing": False}
-
-
-def run_library_cli(args) -> int:
-    from .cli import _backend, _load_classifier, train_config
-
-    out = Path(args.out)
+def build_library(out: Path, classifier: Classifier, selection: Sequence[LibraryClass], settings: LibrarySettings,
+                  load_backend: Callable[[], Backend], ranks: Ranks = Ranks()) -> dict | None:
+    """This rank's share of the library (the backend is loaded only when a class is left to train); rank 0
+    rebuilds the index before and after. The index on rank 0, None on the others."""
     if out.exists() and not out.is_dir():
         raise DCTError(f"--out {out} is a file; give a folder for the library.")
-    words, defaults = world_prompt_words(args.model)
-    with process_group() as ranks:
-        if ranks.world_size > 1:
-            if ranks.device().type == "cpu":
-                torch.set_num_threads(1)  # N ranks share the cores
-            if args.device == "auto":
-                args.device = str(ranks.device())
-        config = train_config(args, **defaults)
-        config.validate()
-        classifier = _load_classifier(args)
-        selection = select_classes(args.classes, classifier)
-        out.mkdir(parents=True, exist_ok=True)
-        if ranks.is_main:
-            remove_stale_temps(out)
-            remove_stale_temps(out / FAILED_DIR)
-            write_index(out, selection)  # the state as found: what a killed run left
-        eval_classifier = None
-        if args.eval_classifier:
-            from .classifiers import load_classifier
-
-            eval_classifier = load_classifier(args.eval_classifier, labels=args.labels, trust_code=args.trust_code)
-        settings = LibrarySettings(config, args.recipe, Path(args.model).name, " + ".join(args.classifiers),
-                                   words, words is not None and args.init_word is None, eval_classifier,
-                                   args.eval_classifier or "", args.eval_images)
-        todo = [c for c in ranks.share(selection) if not finished(out, c.key)]
-        if todo:
-            backend = _backend(args)
-            train_share(backend, classifier, selection, out, settings, ranks)
-        barrier()
-        if not ranks.is_main:
-            return 0
-        index = write_index(out, selection)
-    print(format_summary(index))
-    print(f"wrote {out / INDEX_NAME}")
-    return 1 if index["counts"]["failed"] else 0
+    out.mkdir(parents=True, exist_ok=True)
+    if ranks.is_main:
+        remove_stale_temps(out)
+        remove_stale_temps(out / FAILED_DIR)
+        write_index(out, selection)  # the state as found: what a killed run left
+    if any(not finished(out, c.key) for c in ranks.share(list(selection))):
+        train_share(load_backend(), classifier, selection, out, settings, ranks)
+    barrier()
+    return write_index(out, selection) if ranks.is_main else None

@@ -1,6 +1,7 @@
-"""One training run, the same for every front end (``dct train``, the ComfyUI node, ``dct demo``):
-check where the token will go, train, describe the token in one metadata schema, save it (never losing it),
-and draw before/after images on fixed seeds.
+"""The one run path, the same for every front end (``dct train``, ``dct library``, ``dct demo``, the ComfyUI
+node): plan (check the settings, the class and where the token will go, once), execute (train, describe the token
+in one metadata schema, keep it by one policy for saved / kept elsewhere / cancelled / diverged), and draw
+before/after images on fixed seeds. Front ends only translate their inputs into a TrainJob and show the outcome.
 
 The token file's metadata (safetensors header, keys prefixed ``dct.``; hosts ignore them) is described in
 ``METADATA_KEYS`` and in the README ("Token files"), for people who read it in other tools.
@@ -8,7 +9,6 @@ The token file's metadata (safetensors header, keys prefixed ``dct.``; hosts ign
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,15 +17,16 @@ import torch
 
 from .backend import Backend, Vectors
 from .classifiers import Classifier
-from .config import DEFAULT_PRESET, SamplingConfig, TrainConfig
+from .config import DEFAULT_PRESET, SamplingConfig, TrainConfig, config_values
 from .errors import DCTError, TokenSaveError
 from .generation import generate_images
 from .prompts import fill_label, strip_token
+from .settings import SETTINGS, format_value, metadata_names
 from .tokens import check_save_target, save_class_token
 from .training import StepRecord, TrainResult, train_class_token
 
 METADATA_FORMAT = "dct-token/1"
-METADATA_KEYS: dict[str, str] = {
+_JOB_KEYS: dict[str, str] = {
     "format": f"schema of these keys ({METADATA_FORMAT})",
     "class_index": "the target class's index in the classifier",
     "class_label": "the classifier's name for the class",
@@ -35,18 +36,8 @@ METADATA_KEYS: dict[str, str] = {
     "base_model": "the diffusion model the token was trained on",
     "trigger": "the trigger word (the file name, as hosts use it)",
     "recipe": "the named preset the settings started from",
-    "templates": "the training prompt templates, a JSON list",
-    "init_word": "the word whose embedding started the token",
-    "num_vectors": "vectors in the token",
-    "lr": "AdamW learning rate",
-    "batch_size": "images per optimization step",
-    "seed": "first training seed",
-    "fresh_seeds": "'true' when each step drew new seeds",
-    "backprop_depth": "sampling steps taken with gradient (K)",
-    "max_steps": "the step budget",
-    "resolution": "training image size in pixels",
-    "sampling_steps": "sampling steps per training image",
-    "guidance": "classifier-free guidance scale while training",
+}
+_RESULT_KEYS: dict[str, str] = {
     "sampler": "sampler and scheduler while training",
     "steps": "the optimization step the saved token comes from (the best one)",
     "accuracy": "guiding classifier's batch accuracy at that step",
@@ -54,6 +45,9 @@ METADATA_KEYS: dict[str, str] = {
     "trained_steps": "optimization steps run",
     "stopped": "why training stopped: threshold, patience, max_steps, cancelled or non-finite",
 }
+# The schema: who the token is for, then every setting the table marks for metadata (by its one name), then
+# how training went.
+METADATA_KEYS: dict[str, str] = {**_JOB_KEYS, **{s.name: s.help for s in SETTINGS if s.metadata}, **_RESULT_KEYS}
 
 
 @dataclass
@@ -73,7 +67,6 @@ class TrainJob:
     recipe: str = DEFAULT_PRESET
     base_model: str = ""
     classifier_name: str | None = None
-    sampler: str = ""
     cancel_exceptions: tuple[type[BaseException], ...] = ()  # the host's "cancel" raised mid-step
 
     @property
@@ -81,63 +74,114 @@ class TrainJob:
         return self.prompt_label or self.classifier.class_name(self.target)
 
 
+@dataclass(frozen=True)
+class RunPlan:
+    """A job whose settings, class and save target were checked (once), ready to run."""
+
+    job: TrainJob
+    out: Path | None  # the checked save target (suffix added), or None: in memory only
+
+
+@dataclass
+class RunHooks:
+    """What a front end adds to a run: progress and previews, a cancel poll, metadata computed after training
+    (and before the save), e.g. a held-out accuracy or the seconds taken."""
+
+    on_step: Callable[[StepRecord, torch.Tensor], None] | None = None
+    should_cancel: Callable[[], bool] | None = None
+    extra_metadata: Callable[[TrainResult], dict[str, str]] | None = None
+
+
 @dataclass
 class RunOutcome:
+    """How a run ended. The one policy, for every front end: a token is saved whenever a step finished and the
+    loss stayed finite, also when cancelled (the best so far); a save that fails keeps it in a fallback file
+    (``save_error`` says where); a diverged run saves nothing (``error()`` says what to change)."""
+
     result: TrainResult
     path: Path | None = None  # where the token was saved
     save_error: str | None = None  # the save failed: what happened and where the token was kept instead
 
+    @property
+    def cancelled(self) -> bool:
+        return self.result.stopped == "cancelled"
+
+    @property
+    def diverged(self) -> bool:
+        return self.result.stopped == "non-finite"
+
+    def error(self) -> str | None:
+        """Why this run gave no usable token where it was asked for, or None."""
+        if self.save_error is not None:
+            return self.save_error
+        if self.diverged:
+            return (f"training diverged: non-finite loss or gradient at step {len(self.result.history)}; nothing was "
+                    "saved. Lower the learning rate (lr) or the guidance.")
+        if not self.result.history:
+            return f"training stopped before its first step finished ({self.result.stopped}); nothing was saved."
+        return None
+
+    def summary(self, label: str = "") -> str:
+        """One line: why it stopped, the best step, where the token went."""
+        best = self.result.best
+        where = f"; saved {self.path}" if self.path is not None else ""
+        head = f"{label}: " if label else ""
+        return (f"{head}stopped by {self.result.stopped} after {len(self.result.history)} steps; best step "
+                f"{best.step if best else '-'} accuracy {best.accuracy if best else 0:.2f}{where}")
+
 
 def token_metadata(job: TrainJob) -> dict[str, str]:
     """The settings part of the schema (the result part is added after training)."""
-    c, s = job.config, job.config.sampling
+    values = config_values(job.config)
     meta = {
         "format": METADATA_FORMAT, "class_index": str(job.target),
         "class_label": job.classifier.class_name(job.target), "prompt_label": job.label,
         "target": "on" if job.target_on else "off",
         "classifier": job.classifier_name or getattr(job.classifier, "name", type(job.classifier).__name__),
         "base_model": job.base_model, "trigger": job.name, "recipe": job.recipe,
-        "templates": json.dumps(list(c.templates)), "init_word": c.init_word, "num_vectors": str(c.num_vectors),
-        "lr": str(c.lr), "batch_size": str(c.batch_size), "seed": str(c.seed),
-        "fresh_seeds": str(c.fresh_seeds).lower(), "backprop_depth": str(c.backprop_depth),
-        "max_steps": str(c.max_steps), "resolution": str(s.resolution), "sampling_steps": str(s.steps),
-        "guidance": str(s.guidance), "sampler": job.sampler or s.scheduler,
+        **{name: format_value(values[name]) for name in metadata_names()},
+        "sampler": getattr(job.backend, "sampler", ""),
     }
     return {k: v for k, v in meta.items() if k in METADATA_KEYS}
 
 
-def check_job(job: TrainJob) -> Path | None:
-    """Everything that can be checked before a long training: settings, class, the save target."""
+def plan_run(job: TrainJob) -> RunPlan:
+    """Everything that can be checked before a long training, once: settings, class, the save target."""
     job.config.validate()
     if not 0 <= job.target < job.classifier.num_classes:
         raise DCTError(f"target class {job.target} is outside the classifier's {job.classifier.num_classes} classes.")
-    if job.out is None:
-        return None
-    return check_save_target(job.out, overwrite=job.overwrite, overwrite_hint=job.overwrite_hint)
+    out = None
+    if job.out is not None:
+        out = check_save_target(job.out, overwrite=job.overwrite, overwrite_hint=job.overwrite_hint)
+    return RunPlan(job, out)
 
 
-def run_training(
-    job: TrainJob,
-    *,
-    on_step: Callable[[StepRecord, torch.Tensor], None] | None = None,
-    should_cancel: Callable[[], bool] | None = None,
-) -> RunOutcome:
-    """Check, train, save. A cancelled run still saves the best token so far; a save that fails keeps the
-    token in a fallback file (``RunOutcome.save_error`` says where) instead of losing the training."""
-    out = check_job(job)
+def execute(plan: RunPlan, hooks: RunHooks | None = None) -> RunOutcome:
+    """Train, then keep the token by the one policy (see RunOutcome)."""
+    job, hooks = plan.job, hooks or RunHooks()
     result = train_class_token(job.backend, job.classifier, job.target, job.label, job.config, name=job.name,
-                               on_step=on_step, should_cancel=should_cancel, metadata=token_metadata(job),
-                               target_on=job.target_on, cancel_exceptions=job.cancel_exceptions)
+                               on_step=hooks.on_step, should_cancel=hooks.should_cancel,
+                               metadata=token_metadata(job), target_on=job.target_on,
+                               cancel_exceptions=job.cancel_exceptions)
     result.token.metadata.update(trained_steps=str(len(result.history)), stopped=result.stopped)
     outcome = RunOutcome(result)
-    if out is None or not result.history:
+    if not result.history or outcome.diverged:
+        return outcome
+    if hooks.extra_metadata is not None:
+        result.token.metadata.update(hooks.extra_metadata(result))
+    if plan.out is None:
         return outcome
     try:
-        outcome.path = save_class_token(result.token, out, overwrite=job.overwrite, fallback=True,
+        outcome.path = save_class_token(result.token, plan.out, overwrite=job.overwrite, fallback=True,
                                         overwrite_hint=job.overwrite_hint)
     except TokenSaveError as exc:
         outcome.save_error = str(exc)
     return outcome
+
+
+def run_training(job: TrainJob, hooks: RunHooks | None = None) -> RunOutcome:
+    """Plan and execute in one call (what every front end runs)."""
+    return execute(plan_run(job), hooks)
 
 
 def before_after(

@@ -220,7 +220,7 @@ def _gradient_steps(config: TrainConfig, rng: torch.Generator) -> list[int]:
     """For the x0 gradient point: the sampling step indices (sorted) where x0 is predicted this step."""
     if config.gradient_point != "x0":
         return []
-    total = config.sampling.steps
+    total = config.sampling.sampling_steps
     lo, hi = config.x0_interval
     first, last = min(int(lo * total), total - 1), min(max(int(hi * total), int(lo * total)), total - 1)
     picks = torch.randint(first, last + 1, (config.x0_points,), generator=rng).tolist()

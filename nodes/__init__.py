@@ -10,9 +10,10 @@ def comfy_entrypoint():
     from .folders import register_classifier_folder
     from .host import log_missing
     from .host_api import ComfyExtension
+    from .legacy_train_node import TrainClassToken
     from .routes import register_routes
     from .token_nodes import ApplyClassToken, ClassTokenClip, LoadClassToken, SaveClassToken
-    from .train_node import TrainClassToken, TrainToken
+    from .train_node import TrainToken
     from .training_options import TrainingOptionsNode
 
     register_classifier_folder()

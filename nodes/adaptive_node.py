@@ -1,6 +1,8 @@
 """Adaptive Class Guidance (DATE): a MODEL patch that, at chosen sampling steps, moves the positive text
-conditioning by a normalized gradient step raising the classifier's score of the predicted image. The step
-itself is the engine's ``date_update`` (per-image norm, prior), so node and engine move alike.
+conditioning by a normalized gradient step raising the classifier's score of the predicted image. The node is
+an adapter: the steps are chosen by the engine's ``AdaptiveConfig.update_steps`` and each chosen step runs the
+engine's ``date_adapt`` loop (per-image ``date_update``, prior, reset) on callables built from the host's model,
+VAE and classifier, so node and engine move alike.
 
 It wraps the host's noise prediction (WrappersMP.PREDICT_NOISE), so the stock KSampler, KSamplerAdvanced and
 SamplerCustom all use it. The user's CONDITIONING objects are never changed: the guider holds per-run
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from dct_core.adaptive import AdaptiveConfig, class_score, date_update
+from dct_core.adaptive import AdaptiveConfig, class_score, date_adapt
 from dct_core.errors import DCTError
 
 from . import host
@@ -32,19 +34,16 @@ def make_date_wrapper(vae, classifier, target: int, config: AdaptiveConfig):
     def wrapper(executor, x, timestep, model_options, seed):
         guider = executor.class_obj
         sigmas = model_options.get("transformer_options", {}).get("sample_sigmas")
-        if sigmas is None or config.rho == 0:
+        if sigmas is None:
             return executor(x, timestep, model_options, seed)
         if state.get("run") is not sigmas:  # a new sampling run: remember its original positive conds
             state.update(run=sigmas, original=guider.conds["positive"],
                          steps=set(config.update_steps(len(sigmas) - 1)))
-        step = _step_index(timestep, sigmas)
-        if step in state["steps"]:
+        if _step_index(timestep, sigmas) in state["steps"]:
             host.throw_if_interrupted()
-            original = state["original"]
-            start = original if config.reset else guider.conds["positive"]
-            guider.conds = {**guider.conds, "positive": _updated(guider, start, original, x, timestep,
-                                                                 model_options, seed, vae, classifier, target,
-                                                                 config)}
+            positive = _updated(guider, state["original"], x, timestep, model_options, seed, vae, classifier, target,
+                                config)
+            guider.conds = {**guider.conds, "positive": positive}
         return executor(x, timestep, model_options, seed)
 
     return wrapper
@@ -60,29 +59,32 @@ def _with_crossattn(entry: dict, tensor: torch.Tensor) -> dict:
     return new
 
 
-def _updated(guider, start, original, x, timestep, model_options, seed, vae, classifier, target, config):
+def _updated(guider, original, x, timestep, model_options, seed, vae, classifier, target, config):
+    """The positive cond entries after one chosen step's updates (the engine's loop): copies of ``original``'s
+    entries with their cross-attention tensors replaced."""
     repeat_to_batch_size, sampling_function = host.require("repeat_to_batch_size"), host.require("sampling_function")
-    score = class_score(classifier, target, config.score)
-    model = guider.inner_model
-    with autograd_enabled(), trainable_weights([model, vae.first_stage_model, classifier.module]):
+    model, decoder = guider.inner_model, vae.first_stage_model
+    with autograd_enabled(), trainable_weights([model, decoder, classifier.module]):
         x, timestep = x.detach().clone(), timestep.detach().clone()  # plain tensors autograd may save
-        # One embedding per image (the host shares one across the batch): DATE updates each image on its own.
-        embeds = [repeat_to_batch_size(_crossattn(e), x.shape[0]).detach().clone() for e in start]
         host.load_models([vae.patcher])  # once per chosen step, not per update
-        decoder = vae.first_stage_model
         param = next(decoder.parameters())
-        for _ in range(config.updates_per_step):
-            leaves = [e.requires_grad_(True) for e in embeds]
-            positive = [_with_crossattn(e, t) for e, t in zip(start, leaves)]
-            x0 = sampling_function(model, x, timestep, guider.conds.get("negative"), positive,
-                                                  guider.cfg, model_options=model_options, seed=seed)
-            images = ((decoder.decode(model.process_latent_out(x0).to(param.device, param.dtype)).float() + 1) / 2)
-            objective = -score(images.clamp(0, 1).to(host.torch_device())).sum()
-            grads = torch.autograd.grad(objective, leaves, allow_unused=True)
-            embeds = [leaf.detach() if g is None else
-                      date_update(leaf, g, config.rho, original=_crossattn(o), prior=config.prior)
-                      for leaf, g, o in zip(leaves, grads, original)]
-    return [_with_crossattn(e, t) for e, t in zip(start, embeds)]
+
+        def per_image(entries: list[dict]) -> list[torch.Tensor]:
+            # One embedding per image (the host shares one across the batch): DATE updates each image on its own.
+            return [repeat_to_batch_size(_crossattn(e), x.shape[0]) for e in entries]
+
+        def predict_x0(embeds: list[torch.Tensor]) -> torch.Tensor:
+            positive = [_with_crossattn(e, t) for e, t in zip(original, embeds)]
+            return sampling_function(model, x, timestep, guider.conds.get("negative"), positive, guider.cfg,
+                                     model_options=model_options, seed=seed)
+
+        def decode(x0: torch.Tensor) -> torch.Tensor:
+            images = (decoder.decode(model.process_latent_out(x0).to(param.device, param.dtype)).float() + 1) / 2
+            return images.clamp(0, 1).to(host.torch_device())
+
+        embeds = date_adapt(per_image(original), per_image(guider.conds["positive"]), predict_x0, decode,
+                            class_score(classifier, target, config.score), config)
+    return [_with_crossattn(e, t) for e, t in zip(original, embeds)]
 
 
 class AdaptiveClassGuidance(io.ComfyNode):

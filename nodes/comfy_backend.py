@@ -84,6 +84,7 @@ class ComfyBackend:
                                 else None)
         self.model, self.clip, self.vae = host.static_model(model), clip, vae
         self.sampler_name, self.scheduler = sampler_name, scheduler
+        self.sampler = f"{sampler_name}/{scheduler}"  # as token metadata records it
         self.decoder = decoder  # optional differentiable decoder for the training signal (TAESD)
         self.checkpointing = checkpointing  # in the text encoder (the engine asks per UNet step and decode)
         layer = host.clip_layer_class()  # the text encoder's checkpoint units: one per transformer layer
@@ -145,7 +146,7 @@ class ComfyBackend:
         latent = torch.zeros([1, self.latent_channels, size, size])
         prepare_noise = host.require("prepare_noise")
         noise = torch.cat([prepare_noise(latent, int(s)) for s in seeds])
-        sampler = host.require("KSampler")(self.model, steps=sampling.steps, device=self.device,
+        sampler = host.require("KSampler")(self.model, steps=sampling.sampling_steps, device=self.device,
                                            sampler=self.sampler_name, scheduler=self.scheduler)
         sigmas = sampler.sigmas.cpu()
         state = {"sigmas": sigmas, "noise": noise, "guidance": sampling.guidance, "seed": int(seeds[0])}

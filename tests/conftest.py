@@ -12,7 +12,7 @@ from dct_core.diffusers_backend import DiffusersBackend  # noqa: E402
 from dct_core.generation import generate_images  # noqa: E402
 from dct_core.tiny import TINY_LABELS, tiny_classifier, tiny_pipeline  # noqa: E402
 
-TINY_SAMPLING = SamplingConfig(resolution=32, steps=4, guidance=7.0)
+TINY_SAMPLING = SamplingConfig(resolution=32, sampling_steps=4, guidance=7.0)
 
 
 def calibrated_classifier(backend, seed: int = 0):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from conftest import TINY_SAMPLING
-from dct_core.adaptive import AdaptiveConfig, adaptive_generate, class_score
+from dct_core.adaptive import AdaptiveConfig, adaptive_generate, class_score, date_adapt
 from dct_core.errors import DCTError
 from dct_core.freezing import frozen
 from dct_core.generation import generate_images
@@ -26,8 +26,38 @@ def test_updates_happen_only_at_the_chosen_steps():
     assert config.update_steps(10) == [0, 2, 4, 6, 8]
     assert AdaptiveConfig(steps=(1, 3, 99)).update_steps(4) == [1, 3]
     assert AdaptiveConfig(interval=(0.5, 1.0)).update_steps(4) == [2, 3]
+    assert AdaptiveConfig(rho=0.0, steps=(1, 3)).update_steps(4) == []  # rho 0: no step is updated
     with pytest.raises(DCTError):
         AdaptiveConfig(interval=(0.8, 0.2)).validate()
+
+
+def test_the_shared_loop_moves_each_part_per_image_from_original_or_current():
+    """date_adapt, the loop engine and node both run, on plain callables: x0 = a linear function of the parts."""
+    original = [torch.zeros(2, 3, 4), torch.zeros(2, 5), torch.zeros(2, 6)]  # the third part is not used
+    current = [torch.ones(2, 3, 4), torch.ones(2, 5), torch.ones(2, 6)]
+    calls = []
+
+    def predict_x0(values):
+        calls.append(len(values))
+        return values[0].sum((1, 2)) * torch.tensor([1.0, 100.0]) + values[1].sum(1)
+
+    def run(**config):
+        return date_adapt(original, current, predict_x0, lambda x0: x0 * 2, lambda images: images,
+                          AdaptiveConfig(rho=0.3, **config))
+
+    moved = run(updates_per_step=2)  # reset: from the original; the gradient is constant, so 2 steps of 0.3
+    assert calls == [3, 3]
+    for part, value in zip(original[:2], moved[:2]):
+        torch.testing.assert_close((value - part).flatten(1).norm(dim=1), torch.full((2,), 0.6))
+        assert bool((value > part).all())
+    assert torch.equal(moved[2], original[2])  # no gradient: left as it is
+    accumulated = run(reset=False)
+    torch.testing.assert_close((accumulated[0] - current[0]).flatten(1).norm(dim=1), torch.full((2,), 0.3))
+    assert torch.equal(accumulated[2], current[2])
+    mask = torch.tensor([[True, False, False], [False, False, True]])
+    masked = date_adapt(original, current, predict_x0, lambda x0: x0, lambda images: images, AdaptiveConfig(rho=0.3),
+                        masks=[mask])
+    assert torch.equal(masked[0].abs().sum(-1) > 0, mask) and bool((masked[1] != 0).all())
 
 
 def test_adaptive_sampling_raises_the_target_probability(sd1_world):
@@ -37,7 +67,7 @@ def test_adaptive_sampling_raises_the_target_probability(sd1_world):
     updated = []
     adapted = adaptive_generate(backend, PROMPTS, SEEDS, TINY_SAMPLING, class_score(classifier, target),
                                 AdaptiveConfig(rho=0.5, updates_per_step=2, reset=False), on_update=updated.append)
-    assert updated == list(range(TINY_SAMPLING.steps))
+    assert updated == list(range(TINY_SAMPLING.sampling_steps))
     with torch.no_grad():
         before = classifier(plain).softmax(-1)[:, target].mean()
         after = classifier(adapted).softmax(-1)[:, target].mean()

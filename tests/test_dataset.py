@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from dct_core import dataset
+from dct_core.cli import main
 from dct_core.files import TEMP_SUFFIX
 from dct_core.tokens import ClassToken, save_class_token
 
@@ -33,6 +34,10 @@ def library(tmp_path_factory):
     return folder
 
 
+def run_dataset(argv):
+    return main(["dataset", *argv])
+
+
 def _argv(lib, out, n=3, *extra):
     return ["--model", "world", "--library", str(lib), "--images-per-class", str(n), "--out", str(out), *extra]
 
@@ -51,7 +56,7 @@ def _pngs(out):
 
 def test_tree_manifest_and_resume(library, tmp_path, monkeypatch):
     out = tmp_path / "ds"
-    assert dataset.main(_argv(library, out)) == 0
+    assert run_dataset(_argv(library, out)) == 0
     assert _pngs(out) == [f"{c}/{s}.png" for c in ("red-throated-warbler", "toy-kite")
                           for s in range(dataset.FIRST_SEED, dataset.FIRST_SEED + 3)]
     rows = _manifest(out)
@@ -72,7 +77,7 @@ def test_tree_manifest_and_resume(library, tmp_path, monkeypatch):
         raise AssertionError("a complete image was drawn again")
 
     monkeypatch.setattr(dataset, "generate_images_for", no_drawing)
-    assert dataset.main(_argv(library, out)) == 0
+    assert run_dataset(_argv(library, out)) == 0
     assert _stamps(out) == stamps
 
     # a lost image, a truncated one and a lost manifest: exactly those come back
@@ -91,7 +96,7 @@ def test_tree_manifest_and_resume(library, tmp_path, monkeypatch):
         return real(backend, prompts, seeds, *a)
 
     monkeypatch.setattr(dataset, "generate_images_for", counting)
-    assert dataset.main(_argv(library, out)) == 0
+    assert run_dataset(_argv(library, out)) == 0
     assert sorted(drawn) == [dataset.FIRST_SEED, dataset.FIRST_SEED + 1]
     assert (out / "manifest.jsonl").read_bytes() == manifest
     changed = {p for p, t in _stamps(out).items() if stamps.get(p) != t}
@@ -108,24 +113,24 @@ def _close(a: bytes, b: bytes) -> bool:
 
 def test_without_tokens_uses_the_same_prompts_without_the_token(library, tmp_path, capsys):
     out = tmp_path / "plain"
-    assert dataset.main(_argv(library, out, 2, "--without-tokens")) == 0
+    assert run_dataset(_argv(library, out, 2, "--without-tokens")) == 0
     rows = _manifest(out)
     assert len(rows) == 4
     assert {r["prompt"] for r in rows} == {"a photo of a kite", "a kite", "a photo of a bird", "a bird"}
     assert not any(r["with_token"] or "{token}" in r["prompt"] for r in rows)
 
-    assert dataset.main(_argv(library, out, 2)) == 2  # drawn without tokens: not mixed with token images
+    assert run_dataset(_argv(library, out, 2)) == 2  # drawn without tokens: not mixed with token images
     assert "other settings (prompt, with_token differ)" in capsys.readouterr().err
 
     custom = tmp_path / "custom"
-    assert dataset.main(_argv(library, custom, 1, "--prompt-template", "an image of a {token} {label}")) == 0
+    assert run_dataset(_argv(library, custom, 1, "--prompt-template", "an image of a {token} {label}")) == 0
     assert {r["prompt"] for r in _manifest(custom)} == {"an image of a {token} kite", "an image of a {token} bird"}
 
 
 def test_bad_inputs_are_one_line_errors(library, tmp_path, capsys):
-    assert dataset.main(_argv(tmp_path / "nowhere", tmp_path / "x")) == 2
+    assert run_dataset(_argv(tmp_path / "nowhere", tmp_path / "x")) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert dataset.main(_argv(library, tmp_path / "x", 1, "--prompt-template", "a {label}")) == 2
+    assert run_dataset(_argv(library, tmp_path / "x", 1, "--prompt-template", "a {label}")) == 2
     assert "{token}" in capsys.readouterr().err
 
 
@@ -134,13 +139,13 @@ def test_torchrun_split_gives_the_same_tree(library, tmp_path):
     env.pop("RANK", None)
     split, single = tmp_path / "split", tmp_path / "single"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-           "dct_core.dataset", *_argv(library, split, 2)]
+           "dct_core", "dataset", *_argv(library, split, 2)]
     done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     # rank r takes units r::2: one class each
     assert "[rank 0] red-throated-warbler: wrote 2" in done.stderr and "[rank 1] toy-kite: wrote 2" in done.stderr
     assert done.stdout.count("4 images of 2 classes") == 1  # only rank 0 reports
-    assert dataset.main(_argv(library, single, 2)) == 0
+    assert run_dataset(_argv(library, single, 2)) == 0
     assert _pngs(split) == _pngs(single)
     assert (split / "manifest.jsonl").read_bytes() == (single / "manifest.jsonl").read_bytes()
     for name in _pngs(single):

@@ -16,7 +16,8 @@ def test_generation_matches_the_diffusers_pipeline(kind, prediction):
     prompt, seed = "a photo of a tiger cat", 7
     ours = generate_images(backend, [prompt], [seed], TINY_SAMPLING)
     traj = backend.start([seed], TINY_SAMPLING)
-    kwargs = dict(height=32, width=32, num_inference_steps=TINY_SAMPLING.steps, guidance_scale=TINY_SAMPLING.guidance,
+    kwargs = dict(height=32, width=32, num_inference_steps=TINY_SAMPLING.sampling_steps,
+                  guidance_scale=TINY_SAMPLING.guidance,
                   latents=traj.latents / traj.state["scheduler"].init_noise_sigma, output_type="pt")
     theirs = pipe(prompt, **kwargs).images
     torch.testing.assert_close(ours, theirs.float(), rtol=0, atol=2e-5)

@@ -20,9 +20,9 @@ def test_the_paper_preset_is_the_dataclass_defaults_and_unset_overrides_keep_the
     default = preset_config()
     assert default.gradient_point == "x0" and default.fresh_seeds  # the measured default (README, "Recipes")
     assert preset_config("paper") == TrainConfig()
-    config = preset_config("paper", lr=0.1, templates=None, batch_size=None, sampling={"steps": 4})
+    config = preset_config("paper", lr=0.1, templates=None, batch_size=None, sampling={"sampling_steps": 4})
     assert config.lr == 0.1 and config.templates == PAPER_TEMPLATES and config.batch_size == TrainConfig().batch_size
-    assert config.sampling == SamplingConfig(steps=4)
+    assert config.sampling == SamplingConfig(sampling_steps=4)
     assert preset_config("paper", templates=["a {token} {label}"]).templates == ("a {token} {label}",)
 
 
@@ -59,7 +59,7 @@ def test_run_saves_one_metadata_schema_and_the_trigger_is_the_file_name(sd1_worl
     backend, classifier = sd1_world
     config = preset_config("paper", max_steps=2, batch_size=2, lr=0.1, sampling=TINY_SAMPLING)
     job = TrainJob(backend, classifier, 1, config, name="tc", prompt_label="cat", out=tmp_path / "tc",
-                   base_model="tiny", sampler="ddim", recipe="paper")
+                   base_model="tiny", recipe="paper")
     outcome = run_training(job)
     assert outcome.path == tmp_path / "tc.safetensors" and outcome.save_error is None
     token = load_class_token(outcome.path)

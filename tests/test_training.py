@@ -56,7 +56,7 @@ def test_gradient_flows_through_the_last_k_steps_only(sd1_world, depth):
                           on_step=lambda r, i: records.append(r))
     finally:
         handle.remove()
-    steps = TINY_SAMPLING.steps
+    steps = TINY_SAMPLING.sampling_steps
     # The trajectory before the last K steps runs without grad (one CFG call per step). In the first grad step
     # the latents carry no gradient, so its unconditional branch runs without grad too; later grad steps are
     # one CFG call with grad. Block-level checkpointing (K > 1) recomputes inside the UNet, not its forward.
@@ -69,7 +69,7 @@ def test_gradient_flows_through_the_last_k_steps_only(sd1_world, depth):
 def test_training_raises_the_target_probability_and_returns_the_best_token(sd1_world):
     backend, classifier = sd1_world
     target = classifier.class_index("tiger cat")
-    config = TrainConfig(max_steps=20, backprop_depth=TINY_SAMPLING.steps, patience=20, **FAST)
+    config = TrainConfig(max_steps=20, backprop_depth=TINY_SAMPLING.sampling_steps, patience=20, **FAST)
     result = train_class_token(backend, classifier, target, "tiger cat", config)
     first, best = result.history[0], result.best
     assert first.accuracy == 0.0 and first.target_prob < 0.05  # the untrained token misses the class
@@ -86,7 +86,7 @@ def test_training_raises_the_target_probability_and_returns_the_best_token(sd1_w
 def test_early_stopping_threshold_patience_and_cancel(sd1_world):
     backend, classifier = sd1_world
     target = classifier.class_index("tiger cat")
-    depth = TINY_SAMPLING.steps
+    depth = TINY_SAMPLING.sampling_steps
     reached = train_class_token(backend, classifier, target, "tiger cat",
                                 TrainConfig(max_steps=20, backprop_depth=depth, **{**FAST, "accuracy_threshold": 0.5}))
     assert reached.stopped == "threshold" and reached.history[-1].accuracy >= 0.5
@@ -202,7 +202,7 @@ def test_the_x0_gradient_point_predicts_at_intermediate_steps_and_stops_the_traj
     assert all(1 <= c[1] <= 3 for c in predictions)  # within the interval of 4 sampling steps
     assert not any(c[2] for c in spy.calls if c[0] == "denoise")  # no sampling step with gradient
     walked = sum(c[1] for c in spy.calls if c[0] == "denoise")
-    assert walked < 3 * TINY_SAMPLING.steps  # the trajectory stops at the last prediction, never runs to the end
+    assert walked < 3 * TINY_SAMPLING.sampling_steps  # the trajectory stops at the last prediction, not the end
 
 
 def test_validation_picks_the_returned_token_and_drives_the_stop(sd1_world):

@@ -14,13 +14,13 @@ import torch
 from ..config import SamplingConfig
 from ..errors import DCTError
 from ..registry import ClassifierSource, NamedModel, register_classifier_source, register_model
-from .facts import REFERENCE_SEED
+from .facts import DEMO_RECIPE, REFERENCE_SEED
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 MODEL_NAME = "world"  # what --model names it
 CLASSIFIER_ROLES = ("guide", "held-out")  # classifier specs world:guide and world:held-out
 # How the world samples: its native 32 px, few DDIM steps, moderate guidance.
-SAMPLING = SamplingConfig(resolution=32, steps=10, guidance=3.0)
+SAMPLING = SamplingConfig(resolution=32, sampling_steps=10, guidance=3.0)
 
 
 def _require(path: Path) -> Path:
@@ -70,7 +70,18 @@ def variety_reader():
     return lambda images: attribute_entropy(reader, images)
 
 
+def prompt_words() -> dict[str, str]:
+    """Each class's coarse caption word, as `dct demo` prompts it ("kite" for both kites)."""
+    from .scenes import CLASSES
+
+    return {c.label: c.noun for c in CLASSES}
+
+
+# The world's models are tiny: memory is no concern there, and a recompute would only cost time.
+TRAIN_DEFAULTS = {**DEMO_RECIPE, "checkpointing": False}
+
 register_model(NamedModel(MODEL_NAME, load_world_backend, SAMPLING, "the built-in demo world, 32 px",
-                          variety=variety_reader, reference_images=reference_renders))
-register_classifier_source(ClassifierSource("world", load_world_classifier,
+                          variety=variety_reader, reference_images=reference_renders, prompt_words=prompt_words,
+                          train_defaults=TRAIN_DEFAULTS))
+register_classifier_source(ClassifierSource("world", lambda role, options=None: load_world_classifier(role),
                                             "the demo world's classifiers: world:guide, world:held-out"))

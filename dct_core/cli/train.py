@@ -1,0 +1,55 @@
+"""`dct train`: learn one class token from a classifier."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ..errors import DCTError
+from ..settings import setting
+from . import options
+from .loading import classifier_and_target, classifier_name, load_backend
+from .progress import CancelOnInterrupt, step_printer
+
+HELP = "learn a class token from a classifier"
+OVERWRITE_HINT = "pass --overwrite to replace it or choose another --out"
+
+
+def add_parser(sub) -> None:
+    t = sub.add_parser("train", help=HELP)
+    options.add_model(t)
+    options.add_classifier(t)
+    t.add_argument("--out", required=True, help="token file to write (.safetensors, or A1111 .pt)")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing token file")
+    options.add_training(t)
+    options.add_setting(t, setting("preview_every"), default=0, note="write a preview grid every N steps; 0: off")
+
+
+def run(args) -> int:
+    from ..run import RunHooks, TrainJob, execute, plan_run
+    from ..tokens import check_save_target, sanitize_name
+
+    config = options.train_config(args)
+    out = Path(args.out)
+    name = sanitize_name(out.name)
+    # Before loading anything big: a bad --out costs seconds, not a training.
+    check_save_target(out, overwrite=args.overwrite, overwrite_hint=OVERWRITE_HINT)
+    classifier, target = classifier_and_target(args)
+    plan = plan_run(TrainJob(
+        backend=load_backend(args), classifier=classifier, target=target, config=config, name=name,
+        prompt_label=args.prompt_label, target_on=not args.target_off, out=out, overwrite=args.overwrite,
+        overwrite_hint=OVERWRITE_HINT, recipe=args.recipe, base_model=Path(args.model).name,
+        classifier_name=classifier_name(args),
+    ))
+    print(f"training a token for class {target} {plan.job.label!r} with {classifier.describe()} "
+          f"(recipe {args.recipe})", file=sys.stderr)
+    assert plan.out is not None
+    bar, on_step = step_printer(config.max_steps, plan.out.parent / f"{name}-previews", args.preview_every)
+    with CancelOnInterrupt() as cancel, bar:
+        outcome = execute(plan, RunHooks(on_step=on_step, should_cancel=cancel))
+    print(outcome.summary())
+    error = outcome.error()
+    if error is not None:
+        raise DCTError(error)
+    print(f"wrote {outcome.path} (use {name!r} as the trigger word / embedding:{name})")
+    return 0
