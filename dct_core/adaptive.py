@@ -11,7 +11,7 @@ picks the steps, ``date_adapt`` runs the updates of one chosen step, ``date_upda
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -20,32 +20,23 @@ from .classifiers import Classifier
 from .config import SamplingConfig
 from .errors import DCTError
 from .freezing import frozen
+from .settings import check_all
 
 
 @dataclass(frozen=True)
 class AdaptiveConfig:
     rho: float = 0.2  # step length of each update (0.1 to 0.5 in the DATE runs); 0 = plain sampling
     every: int = 1  # update at every k-th step ...
-    steps: tuple[int, ...] | None = None  # ... or exactly at these step indices (0-based)
+    at_steps: tuple[int, ...] | None = None  # ... or exactly at these step indices (0-based)
     interval: tuple[float, float] = (0.0, 1.0)  # only within this fraction of the trajectory
     updates_per_step: int = 1
     reset: bool = True  # each update starts from the original embedding (False: updates accumulate)
     prior: float = 0.0  # weight of 0.5 * ||e - e_original||^2 in the objective
-    target: str = "all"  # which part moves: "all" positions, only the class "token" positions, or "pooled" too
+    date_target: str = "all"  # which part moves: "all" positions, only the class "token" positions, or "pooled" too
     score: str = "log_prob"  # "log_prob" of the target class, or raw "logit" (CLIP image-text similarity)
 
     def validate(self) -> None:
-        if self.rho < 0:
-            raise DCTError(f"rho must be >= 0, got {self.rho}.")
-        if self.every < 1 or self.updates_per_step < 1:
-            raise DCTError("every and updates per step must be at least 1.")
-        lo, hi = self.interval
-        if not 0 <= lo <= hi <= 1:
-            raise DCTError(f"interval {self.interval} must be two fractions 0 <= start <= end <= 1.")
-        if self.target not in ("all", "token", "pooled"):
-            raise DCTError(f"unknown target {self.target!r}; use all, token or pooled.")
-        if self.score not in ("log_prob", "logit"):
-            raise DCTError(f"unknown score {self.score!r}; use log_prob or logit.")
+        check_all({f.name: getattr(self, f.name) for f in fields(self)})
 
     def update_steps(self, total: int) -> list[int]:
         """Step indices (0-based, of ``total``) at which the embedding is updated (none when rho is 0): every
@@ -53,7 +44,7 @@ class AdaptiveConfig:
         if self.rho == 0:
             return []
         lo, hi = self.interval
-        chosen = self.steps if self.steps is not None else range(0, total, self.every)
+        chosen = self.at_steps if self.at_steps is not None else range(0, total, self.every)
         return sorted(i for i in set(chosen) if 0 <= i < total and lo * total <= i <= hi * total)
 
 
@@ -129,10 +120,10 @@ def adapt_conditioning(backend: Backend, traj: Trajectory, cond: Conditioning, u
     """One DATE update of ``cond`` at the trajectory's current step; ``original`` is the unmodified one. What
     moves: the hidden states (only the class-token positions with target "token"), and the pooled embedding too
     with target "pooled"."""
-    mask = cond.token_mask if config.target == "token" else None
-    if config.target == "token" and (mask is None or not bool(mask.any())):
+    mask = cond.token_mask if config.date_target == "token" else None
+    if config.date_target == "token" and (mask is None or not bool(mask.any())):
         raise DCTError("target 'token' needs a class token in the prompt ({token}).")
-    move_pooled = config.target == "pooled" and cond.pooled is not None and original.pooled is not None
+    move_pooled = config.date_target == "pooled" and cond.pooled is not None and original.pooled is not None
 
     def parts(c: Conditioning) -> list[torch.Tensor]:
         return [c.hidden, c.pooled] if move_pooled and c.pooled is not None else [c.hidden]

@@ -25,8 +25,9 @@ ALL_FRONTS = (CLI, NODE, WEBUI)
 # Sections: which config holds the setting.
 TRAINING, GENERATION, DATE, BACKEND, SIZES, PROGRESS = "training", "generation", "date", "backend", "sizes", "progress"
 
-# Kinds: int, float, text, lines (a list of texts: prompts), flag (on/off), choice, interval ("0.2-0.8").
-KINDS = ("int", "float", "text", "lines", "flag", "choice", "interval")
+# Kinds: int, float, text, lines (a list of texts: prompts), flag (on/off), choice, interval ("0.2-0.8"),
+# indices (step numbers: "0-9" or "2,5").
+KINDS = ("int", "float", "text", "lines", "flag", "choice", "interval", "indices")
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,8 @@ SETTINGS: tuple[Setting, ...] = (
        flags=("--adaptive-prior",), widget_max=100.0, widget_step=0.01),
     _s("score", "choice", "What is raised: the class log-probability, or the raw logit (zero-shot CLIP similarity)",
        section=DATE, choices=("log_prob", "logit"), flags=("--adaptive-score",)),
+    _s("at_steps", "indices", "Update exactly at these sampling steps (0-based), e.g. 0-9 or 2,5 (not every N-th)",
+       section=DATE, low=0, flags=("--adaptive-steps",), fronts=(CLI, WEBUI)),
     _s("date_target", "choice", "What moves: all prompt positions, the class-token positions, or also SDXL's pooled "
        "embedding", section=DATE, choices=("all", "token", "pooled"), flags=("--adaptive-target",),
        fronts=(CLI, WEBUI)),
@@ -207,6 +210,11 @@ def check(name: str, value: Any) -> None:
         raise DCTError(f"{s.name} must be text, got {value!r}.")
     elif s.kind == "lines" and (isinstance(value, str) or not all(isinstance(v, str) for v in value)):
         raise DCTError(f"{s.name} must be a list of texts, got {value!r}.")
+    elif s.kind == "indices":
+        if isinstance(value, str) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise DCTError(f"{s.name} must be step numbers, got {value!r}.")
+        for v in value:
+            _number(s, v, f"{s.name} {value!r}: each step")
     elif s.kind == "interval":
         lo, hi = _pair(s, value)
         for end in (lo, hi):
@@ -228,6 +236,19 @@ def _pair(s: Setting, value: Any) -> tuple[Any, Any]:
     if len(items) != 2:
         raise DCTError(f"{s.name} must be two numbers (start, end), got {value!r}.")
     return items[0], items[1]
+
+
+def parse_indices(name: str, text: str) -> tuple[int, ...]:
+    """"0-9" or "2,5" -> (0, ..., 9) or (2, 5), checked."""
+    try:
+        out: list[int] = []
+        for part in text.split(","):
+            lo, _, hi = part.strip().partition("-")
+            out += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
+    except ValueError:
+        raise DCTError(f"{name} must look like 0-9 or 2,5, got {text!r}.") from None
+    check(name, tuple(out))
+    return tuple(out)
 
 
 def parse_interval(name: str, text: str) -> tuple[float, float]:

@@ -15,10 +15,12 @@ import torch
 
 from dct_core.adaptive import AdaptiveConfig, class_score, date_adapt
 from dct_core.errors import DCTError
+from dct_core.settings import setting
 
 from . import host
 from .host_api import io
 from .host_autograd import autograd_enabled, trainable_weights
+from .settings_widgets import widget
 from .sockets import CATEGORY, ClassifierSocket
 
 WRAPPER_KEY = "dct_date"
@@ -87,6 +89,11 @@ def _updated(guider, original, x, timestep, model_options, seed, vae, classifier
     return [_with_crossattn(e, t) for e, t in zip(original, embeds)]
 
 
+def date_widget(name: str, defaults: AdaptiveConfig) -> io.Input:
+    """The settings table's widget for a DATE setting, showing the engine's default."""
+    return widget(setting(name), default=getattr(defaults, name))
+
+
 class AdaptiveClassGuidance(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -104,34 +111,26 @@ class AdaptiveClassGuidance(io.ComfyNode):
                 ClassifierSocket.Input("classifier", tooltip="The classifier whose class to steer toward."),
                 io.String.Input("target_class", default="tiger cat",
                                 tooltip="A label name (any synonym) or an index."),
-                io.Float.Input("rho", default=d.rho, min=0.0, max=5.0, step=0.01,
-                               tooltip="Step length of each update (DATE used 0.1 to 0.5); 0 = plain sampling."),
-                io.Int.Input("every", default=d.every, min=1, max=1000,
-                             tooltip="Update at every k-th sampling step (each update costs about one extra "
-                                     "model forward+backward, a decode and the classifier)."),
+                date_widget("rho", d),
+                date_widget("every", d),
+                # The interval as two widgets (saved workflows restore them by position).
                 io.Float.Input("start", default=d.interval[0], min=0.0, max=1.0, step=0.01,
                                tooltip="First fraction of the trajectory where updates may happen."),
                 io.Float.Input("end", default=d.interval[1], min=0.0, max=1.0, step=0.01,
                                tooltip="Last fraction of the trajectory where updates may happen."),
-                io.Int.Input("updates_per_step", default=d.updates_per_step, min=1, max=20,
-                             tooltip="Gradient updates at each chosen step."),
-                io.Boolean.Input("reset", default=d.reset,
-                                 tooltip="Each update starts from the original conditioning (off: updates add up)."),
-                io.Float.Input("prior", default=d.prior, min=0.0, max=100.0, step=0.01,
-                               tooltip="L2 pull toward the original conditioning."),
-                io.Combo.Input("score", options=["log_prob", "logit"], default=d.score,
-                               tooltip="log_prob of the class, or the raw logit (use for zero-shot CLIP)."),
+                date_widget("updates_per_step", d),
+                date_widget("reset", d),
+                date_widget("prior", d),
+                date_widget("score", d),
             ],
             outputs=[io.Model.Output("MODEL", display_name="model")],
         )
 
     @classmethod
-    def execute(cls, model, vae, classifier, target_class, rho, every, start, end, updates_per_step, reset,
-                prior, score) -> io.NodeOutput:
+    def execute(cls, model, vae, classifier, target_class, start, end, **settings) -> io.NodeOutput:
         try:
             target = classifier.class_index(target_class)
-            config = AdaptiveConfig(rho=rho, every=every, interval=(start, end), updates_per_step=updates_per_step,
-                                    reset=reset, prior=prior, score=score)
+            config = AdaptiveConfig(interval=(start, end), **settings)
             config.validate()
         except DCTError as exc:
             raise ValueError(str(exc)) from exc

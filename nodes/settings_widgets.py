@@ -50,6 +50,8 @@ def widget(s: Setting, choices: Callable[[], list[str]] | None = None, default: 
     if s.kind in ("text", "lines", "interval"):
         tip = f"{s.help}{'; one per line' if s.kind == 'lines' else ''}; {_unset_text(s, 'empty')}."
         return io.String.Input(s.name, default="", multiline=s.kind == "lines", tooltip=tip)
+    if s.kind == "flag" and not s.from_recipe:
+        return io.Boolean.Input(s.name, default=bool(default), tooltip=s.help + ".")
     if s.kind == "flag":
         return io.Combo.Input(s.name, options=list(ON_OFF), default=RECIPE_CHOICE,
                               tooltip=f"{s.help}; {_unset_text(s, RECIPE_CHOICE)}.")

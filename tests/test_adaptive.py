@@ -24,9 +24,9 @@ def test_rho_zero_is_bit_identical_to_plain_sampling(sd1_world):
 def test_updates_happen_only_at_the_chosen_steps():
     config = AdaptiveConfig(every=2, interval=(0.0, 1.0))
     assert config.update_steps(10) == [0, 2, 4, 6, 8]
-    assert AdaptiveConfig(steps=(1, 3, 99)).update_steps(4) == [1, 3]
+    assert AdaptiveConfig(at_steps=(1, 3, 99)).update_steps(4) == [1, 3]
     assert AdaptiveConfig(interval=(0.5, 1.0)).update_steps(4) == [2, 3]
-    assert AdaptiveConfig(rho=0.0, steps=(1, 3)).update_steps(4) == []  # rho 0: no step is updated
+    assert AdaptiveConfig(rho=0.0, at_steps=(1, 3)).update_steps(4) == []  # rho 0: no step is updated
     with pytest.raises(DCTError):
         AdaptiveConfig(interval=(0.8, 0.2)).validate()
 
@@ -87,13 +87,13 @@ def test_token_target_moves_only_the_class_token_positions(sd1_world):
         backend.denoise(traj, cond, uncond, 2)
     with frozen([*backend.modules(), classifier.module]):
         moved = adapt_conditioning(backend, traj, cond, uncond, cond, class_score(classifier, 1),
-                                   AdaptiveConfig(target="token"))
+                                   AdaptiveConfig(date_target="token"))
     changed = (moved.hidden - cond.hidden).abs().sum(-1) > 0
     assert torch.equal(changed, cond.token_mask)
     with pytest.raises(DCTError, match="needs a class token"):
         plain = backend.encode(["a photo of a cat"] * 2, None)
         adapt_conditioning(backend, traj, plain, uncond, plain, class_score(classifier, 1),
-                           AdaptiveConfig(target="token"))
+                           AdaptiveConfig(date_target="token"))
 
 
 def test_only_chosen_steps_update_and_sdxl_pooled_moves_too():
@@ -106,7 +106,7 @@ def test_only_chosen_steps_update_and_sdxl_pooled_moves_too():
     classifier = calibrated_classifier(backend)
     updated = []
     adaptive_generate(backend, PROMPTS[:2], SEEDS[:2], TINY_SAMPLING, class_score(classifier, 1),
-                      AdaptiveConfig(rho=0.3, steps=(1, 3)), on_update=updated.append)
+                      AdaptiveConfig(rho=0.3, at_steps=(1, 3)), on_update=updated.append)
     assert updated == [1, 3]
     with frozen(backend.modules()), torch.no_grad():
         cond = backend.encode(PROMPTS[:2], None)
@@ -114,7 +114,7 @@ def test_only_chosen_steps_update_and_sdxl_pooled_moves_too():
         traj = backend.start(SEEDS[:2], TINY_SAMPLING)
     with frozen(backend.modules()):
         moved = adapt_conditioning(backend, traj, cond, uncond, cond, class_score(classifier, 1),
-                                   AdaptiveConfig(target="pooled"))
+                                   AdaptiveConfig(date_target="pooled"))
         kept = adapt_conditioning(backend, traj, cond, uncond, cond, class_score(classifier, 1), AdaptiveConfig())
     assert not torch.equal(moved.pooled, cond.pooled) and torch.equal(kept.pooled, cond.pooled)
     assert not torch.equal(moved.hidden, cond.hidden)

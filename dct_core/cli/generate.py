@@ -26,7 +26,6 @@ def add_parser(sub) -> None:
                    help="also sample with the conditioning nudged toward --class at chosen steps (no training)")
     for s in in_section(DATE, front=CLI):
         options.add_setting(a, s)
-    a.add_argument("--adaptive-steps", type=options.seeds, help="update exactly at these step indices, e.g. 0-9 or 2,5")
     a.add_argument("--adaptive-accumulate", dest="reset", action="store_const", const=False,
                    help="let updates add up (the same as --no-reset)")
 
@@ -35,12 +34,7 @@ def adaptive_config(args):
     """The DATE config of the options given (the rest: the config's defaults)."""
     from ..adaptive import AdaptiveConfig
 
-    values = options.given(args, in_section(DATE, front=CLI))
-    if "date_target" in values:
-        values["target"] = values.pop("date_target")
-    if args.adaptive_steps:
-        values["steps"] = tuple(args.adaptive_steps)
-    config = AdaptiveConfig(**values)
+    config = AdaptiveConfig(**options.given(args, in_section(DATE, front=CLI)))
     config.validate()
     return config
 

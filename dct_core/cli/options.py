@@ -8,7 +8,18 @@ from typing import Any
 
 from ..config import PRESETS, SamplingConfig, TrainConfig, config_values
 from ..errors import DCTError
-from ..settings import BACKEND, CLI, GENERATION, TRAINING, Setting, check, in_section, parse_interval, setting
+from ..settings import (
+    BACKEND,
+    CLI,
+    GENERATION,
+    TRAINING,
+    Setting,
+    check,
+    in_section,
+    parse_indices,
+    parse_interval,
+    setting,
+)
 
 RECIPE_DEFAULT_NOTE = "an option left out takes the recipe's value"
 
@@ -33,6 +44,8 @@ def _typed(s: Setting):
         try:
             if s.kind == "interval":
                 return parse_interval(s.name, text)
+            if s.kind == "indices":
+                return parse_indices(s.name, text)
             value: Any = int(text) if s.kind == "int" else float(text) if s.kind == "float" else text
             check(s.name, value)
         except ValueError:
@@ -143,7 +156,7 @@ def given(args: argparse.Namespace, settings: list[Setting]) -> dict[str, Any]:
     for s in settings:
         value = getattr(args, s.name, None)
         if value is not None:
-            out[s.name] = tuple(value) if s.kind == "lines" else value
+            out[s.name] = tuple(value) if s.kind in ("lines", "indices") else value
     return out
 
 
