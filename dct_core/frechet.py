@@ -4,7 +4,8 @@ No Inception weights are shipped or downloaded: the features are the penultimate
 ordinary classifier, so the number is comparable only between runs that use the same feature classifier and the
 same numbers of images (the distance is biased upward for small sets).
 
-What "features" means for each classifier kind (:func:`classifier_features`):
+What "features" means for each classifier kind (:func:`classifier_features`) is the ``features`` of each registered
+classifier source (dct_core.registry), the first that recognizes the classifier; for the built-in kinds:
 
 - timm models: ``forward_head(forward_features(x), pre_logits=True)``, the pooled vector the head reads;
 - transformers image classifiers: the input of the ``classifier`` head (the CLS token after the final norm for
@@ -18,16 +19,15 @@ What "features" means for each classifier kind (:func:`classifier_features`):
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from .classifiers import Classifier, EnsembleClassifier, ImageClassifier
+from .classifiers.features import FeatureFn
+from .classifiers.features import last_linear as _last_linear
 from .errors import DCTError
-
-FeatureFn = Callable[[torch.Tensor], torch.Tensor]
-HF_HEAD_NAMES = ("classifier", "cls_classifier", "head")
+from .registry import classifier_sources
 
 
 def feature_source(classifier: Classifier) -> ImageClassifier:
@@ -40,67 +40,12 @@ def feature_source(classifier: Classifier) -> ImageClassifier:
     return classifier
 
 
-def _head_input(module: torch.nn.Module, head: torch.nn.Module) -> FeatureFn:
-    """Runs ``module`` and returns what ``head`` received (its last call), flattened to [B, D]."""
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        seen: list[torch.Tensor] = []
-
-        def hook(_mod: torch.nn.Module, args: tuple[Any, ...]) -> None:
-            seen.append(args[0])
-
-        handle = head.register_forward_pre_hook(hook)
-        try:
-            module(x)
-        finally:
-            handle.remove()
-        if not seen:
-            raise DCTError("the classifier's head was not called in its forward pass; cannot take its features.")
-        return seen[-1].flatten(1)
-
-    return run
-
-
-def _last_linear(classifier: ImageClassifier) -> FeatureFn:
-    module = classifier.module
-    if isinstance(module, torch.jit.ScriptModule):
-        raise DCTError(f"{classifier.name} is TorchScript, whose layers cannot be read from outside; name a timm, "
-                       f"transformers or CLIP classifier for the features.")
-    linears = [m for m in module.modules() if isinstance(m, torch.nn.Linear)]
-    if not linears:
-        raise DCTError(f"{classifier.name} has no linear head layer to take features from; name a timm, "
-                       f"transformers or CLIP classifier for the features.")
-    head = linears[-1]
-    if head.out_features != classifier.num_classes:
-        raise DCTError(f"the last linear layer of {classifier.name} gives {head.out_features} outputs, not its "
-                       f"{classifier.num_classes} classes, so it is not the head; name another classifier for "
-                       f"the features.")
-    return _head_input(module, head)
-
-
 def feature_function(classifier: ImageClassifier) -> FeatureFn:
-    """Preprocessed (normalized) images -> features [B, ...] for one classifier; see the module docstring."""
-    from .classifiers.clip_source import ZeroShotLogits
-    from .classifiers.hf_source import HFLogits
-
-    module: Any = classifier.module
-    if isinstance(module, ZeroShotLogits):
-        return module.image_features
-    if isinstance(module, HFLogits):
-        model = module.model
-        if module.pooling == "mean":  # as HFLogits: the final norm of the mean patch token
-            vit = model.vit
-
-            def mean_patch(x: torch.Tensor) -> torch.Tensor:
-                hidden = vit(pixel_values=x, output_hidden_states=True).hidden_states[-1]
-                return vit.layernorm(hidden[:, 1:].mean(1))
-
-            return mean_patch
-        head = next((getattr(model, n) for n in HF_HEAD_NAMES if isinstance(getattr(model, n, None), torch.nn.Module)),
-                    None)
-        return _head_input(module, head) if head is not None else _last_linear(classifier)
-    if callable(getattr(module, "forward_features", None)) and callable(getattr(module, "forward_head", None)):
-        return lambda x: module.forward_head(module.forward_features(x), pre_logits=True)  # timm
+    """Preprocessed (normalized) images -> features [B, ...] for one classifier: the first registered source
+    that recognizes it answers, else the input of its last linear layer; see the module docstring."""
+    for source in classifier_sources():
+        if source.features is not None and (features := source.features(classifier)) is not None:
+            return features
     return _last_linear(classifier)
 
 

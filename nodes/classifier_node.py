@@ -6,12 +6,11 @@ from pathlib import Path
 
 from dct_core.classifiers import load_classifier
 from dct_core.errors import DCTError
+from dct_core.registry import AUTO_KIND, node_kinds, node_spec
 
 from . import folders
 from .host_api import io, ui
 from .sockets import CATEGORY, ClassifierSocket
-
-KINDS = ["auto", "zero-shot CLIP"]
 
 
 class LoadClassifier(io.ComfyNode):
@@ -26,7 +25,7 @@ class LoadClassifier(io.ComfyNode):
                 io.Combo.Input("classifier", options=folders.classifier_choices(),
                                tooltip="A weights file, a timm/transformers model folder, a TorchScript file, or a "
                                        "CLIP folder (with kind = zero-shot CLIP), under models/classifiers."),
-                io.Combo.Input("kind", options=KINDS, default="auto",
+                io.Combo.Input("kind", options=node_kinds(), default=AUTO_KIND,
                                tooltip="auto: detect the form; zero-shot CLIP: the labels become text prompts."),
                 io.String.Input("timm_architecture", default="",
                                 tooltip="For a plain weights file: the timm architecture it belongs to, "
@@ -52,12 +51,7 @@ class LoadClassifier(io.ComfyNode):
     def execute(cls, classifier, kind, timm_architecture, labels, pooling, multi_label,
                 allow_torchscript_code=False) -> io.NodeOutput:
         path = folders.classifier_path(classifier)
-        if kind == "zero-shot CLIP":
-            spec = f"clip:{path}"
-        elif timm_architecture.strip():
-            spec = f"timm:{timm_architecture.strip()}@{path}"
-        else:
-            spec = path
+        spec = node_spec(kind, path, timm_architecture.strip())  # the kind's source (or, auto, the file) decides
         try:
             model = load_classifier(spec, labels=_labels(labels), pooling=pooling, multi_label=multi_label or None,
                                     trust_code=allow_torchscript_code)

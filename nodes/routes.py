@@ -27,6 +27,7 @@ from safetensors import SafetensorError
 from dct_core.classifiers.label_lookup import quick_labels
 from dct_core.classifiers.labels import synonyms
 from dct_core.errors import DCTError
+from dct_core.registry import node_kind_source, node_kinds
 
 from . import folders
 
@@ -121,8 +122,9 @@ def _cache_key(path: str, kind: str, architecture: str, labels_path: str) -> tup
     """Exactly what decides quick_labels' answer (stat calls only; run in the worker thread)."""
     if labels_path:
         return ("labels", *_stamp(labels_path))
-    if kind == "zero-shot CLIP":
-        return ("zero-shot",)  # ImageNet's names, whatever the file
+    source = node_kind_source(kind)
+    if source is not None and source.quick_labels_fixed:
+        return ("fixed", kind)  # e.g. zero-shot CLIP: ImageNet's names, whatever the file
     if os.path.isdir(path):
         return ("folder", *_stamp(os.path.join(path, "config.json")))
     stamps = tuple(_stamp(p) if os.path.isfile(p) else None for p in folders.sidecars(path))
@@ -171,7 +173,7 @@ def labels_payload(params: dict) -> dict:
     files): the handler runs it in a worker thread."""
     choice = _safe_choice(params.get("classifier", ""), folders.classifier_choices(), "classifier")
     kind = params.get("kind", "auto")
-    if kind not in ("auto", "zero-shot CLIP"):
+    if kind not in node_kinds():
         raise RouteError(400, f"unknown kind {kind!r}.")
     architecture = params.get("timm_architecture", "")[:MAX_PARAM].strip()
     labels_name = labels_path = ""

@@ -129,7 +129,7 @@ def test_zero_shot_clip_classifies_free_text_labels_and_trains_a_token(tmp_path)
     assert load_classifier(f"clip:{tmp_path / 'clip'}").num_classes == 1000  # ImageNet names by default
     backend = DiffusersBackend(tiny_pipeline("sd1"))
     result = train_class_token(backend, clf, 1, "tiger cat", TrainConfig(
-        batch_size=2, lr=0.1, max_steps=6, backprop_depth=TINY_SAMPLING.steps, sampling=TINY_SAMPLING,
+        batch_size=2, lr=0.1, max_steps=6, backprop_depth=TINY_SAMPLING.sampling_steps, sampling=TINY_SAMPLING,
         accuracy_threshold=1.0, patience=6))
     losses = [r.loss for r in result.history]
     assert min(losses[1:]) < losses[0]  # the token moves the zero-shot verdict toward the target text

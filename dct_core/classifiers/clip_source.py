@@ -1,4 +1,8 @@
-"""Zero-shot CLIP: any label as free text ("a photo of a {label}"), from local transformers CLIP weights."""
+"""Zero-shot CLIP: any label as free text ("a photo of a {label}"), from local transformers CLIP weights.
+
+Registers the ``clip:<folder>`` classifier source (the node's "zero-shot CLIP" kind), and one that answers a
+CLIP folder named without ``clip:`` with that hint.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +12,18 @@ from typing import Any
 import torch
 
 from ..errors import DCTError
+from ..registry import NO_OPTIONS, ClassifierOptions, ClassifierSource, register_classifier_source
 from .base import ImageClassifier
+from .features import FeatureFn
 from .hf_source import preprocess_from_folder
 from .labels import display_name, imagenet_labels, labels_from
 from .preprocess import Preprocess
+from .text_files import model_config_or_none
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 DEFAULT_TEMPLATE = "a photo of a {label}"
+NODE_KIND = "zero-shot CLIP"  # the Load Classifier node's kind (saved workflows store it)
 
 
 def _features(out) -> torch.Tensor:
@@ -114,3 +122,47 @@ def load_clip_classifier(folder: str | Path, labels=None, *, template: str = DEF
     size = model.config.vision_config.image_size
     preprocess = preprocess_from_folder(folder, size, OPENAI_MEAN, OPENAI_STD)
     return ImageClassifier(ZeroShotLogits(model, text).eval(), list(names), preprocess, name=f"clip:{folder.name}")
+
+
+def _load(target: str, options: ClassifierOptions = NO_OPTIONS) -> ImageClassifier:
+    from .spec import require_existing
+
+    return load_clip_classifier(require_existing(target), options.labels,
+                                template=options.template or DEFAULT_TEMPLATE, arch=options.arch)
+
+
+def _quick_labels(target: str, options: ClassifierOptions = NO_OPTIONS) -> list[str]:
+    return imagenet_labels()  # the default labels, whatever the weights
+
+
+def clip_features(classifier: ImageClassifier) -> FeatureFn | None:
+    """The image embedding (``get_image_features`` / ``encode_image``), before the L2 normalization of the
+    logits."""
+    module = classifier.module
+    return module.image_features if isinstance(module, ZeroShotLogits) else None
+
+
+def _is_clip_folder(spec: str) -> bool:
+    cfg = model_config_or_none(spec)
+    return cfg is not None and cfg.get("model_type") == "clip"
+
+
+def _refuse_folder(target: str, options: ClassifierOptions = NO_OPTIONS) -> ImageClassifier:
+    path = Path(target).expanduser()
+    raise DCTError(f"{path} is a CLIP model; use it as a zero-shot classifier with clip:{path}.")
+
+
+def _refuse_folder_labels(target: str, options: ClassifierOptions = NO_OPTIONS) -> list[str]:
+    raise DCTError(f"{Path(target).name} is a CLIP model; choose kind = {NODE_KIND}.")
+
+
+register_classifier_source(ClassifierSource(
+    "clip", _load, "zero-shot CLIP over the labels: clip:<transformers CLIP folder> or "
+    "clip:<open_clip weights>#arch=<architecture>",
+    quick_labels=_quick_labels, features=clip_features, node_kind=NODE_KIND, quick_labels_fixed=True,
+    form="clip:<CLIP folder>", priority=40,
+))
+register_classifier_source(ClassifierSource(
+    None, _refuse_folder, "a CLIP model folder named without clip: (says to use clip:<folder>)", name="clip folder",
+    matches=_is_clip_folder, quick_labels=_refuse_folder_labels, priority=22,
+))

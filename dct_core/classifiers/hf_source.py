@@ -1,4 +1,7 @@
-"""Hugging Face transformers image classifiers (ViT, Swin, ConvNeXt, BEiT, ...) from a local folder."""
+"""Hugging Face transformers image classifiers (ViT, Swin, ConvNeXt, BEiT, ...) from a local folder.
+
+Registers the classifier source for model folders that no other source takes (config.json with id2label).
+"""
 
 from __future__ import annotations
 
@@ -8,11 +11,14 @@ from typing import Any
 import torch
 
 from ..errors import DCTError
+from ..registry import NO_OPTIONS, ClassifierOptions, ClassifierSource, register_classifier_source
 from .base import ImageClassifier
+from .features import FeatureFn, head_input, last_linear
 from .labels import check_label_count, labels_from, names_from_json
 from .preprocess import Preprocess
-from .text_files import read_json_object
+from .text_files import existing_path, read_json_object, read_model_config
 
+HEAD_NAMES = ("classifier", "cls_classifier", "head")  # where transformers models keep their classification head
 _RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}  # PIL codes used by image processors
 
 
@@ -80,3 +86,48 @@ def load_hf_classifier(folder: str | Path, labels=None, *, pooling: str = "cls",
     preprocess = preprocess_from_folder(folder, size if isinstance(size, int) else size[0])
     module = HFLogits(model.eval().requires_grad_(False), pooling).eval()
     return ImageClassifier(module, names, preprocess, name=f"transformers:{folder.name}", multi_label=multi_label)
+
+
+def _is_model_folder(spec: str) -> bool:
+    path = existing_path(spec)
+    return path is not None and path.is_dir()
+
+
+def _load(target: str, options: ClassifierOptions = NO_OPTIONS) -> ImageClassifier:
+    folder = Path(target).expanduser()
+    read_model_config(folder)  # a missing or unreadable config.json is reported as such
+    return load_hf_classifier(folder, options.labels, pooling=options.pooling, multi_label=options.multi_label)
+
+
+def _quick_labels(target: str, options: ClassifierOptions = NO_OPTIONS) -> list[str]:
+    folder = Path(target).expanduser()
+    cfg = read_model_config(folder)
+    if "id2label" in cfg:
+        return names_from_json(cfg["id2label"], f"id2label in {folder / 'config.json'}")
+    raise DCTError(f"{folder.name} has no label names in its config; give a labels list.")
+
+
+def hf_features(classifier: ImageClassifier) -> FeatureFn | None:
+    """The input of the ``classifier`` head (the CLS token after the final norm for ViT, the pooled output for
+    Swin/ConvNeXt/BEiT/ResNet), or with ``pooling="mean"`` the normalized mean patch token."""
+    module = classifier.module
+    if not isinstance(module, HFLogits):
+        return None
+    model = module.model
+    if module.pooling == "mean":  # as HFLogits: the final norm of the mean patch token
+        vit = model.vit
+
+        def mean_patch(x: torch.Tensor) -> torch.Tensor:
+            hidden = vit(pixel_values=x, output_hidden_states=True).hidden_states[-1]
+            return vit.layernorm(hidden[:, 1:].mean(1))
+
+        return mean_patch
+    head = next((getattr(model, n) for n in HEAD_NAMES if isinstance(getattr(model, n, None), torch.nn.Module)), None)
+    return head_input(module, head) if head is not None else last_linear(classifier)
+
+
+register_classifier_source(ClassifierSource(
+    None, _load, "any other model folder: a transformers image classifier (config.json with id2label)",
+    name="transformers", matches=_is_model_folder, quick_labels=_quick_labels, features=hf_features,
+    form="a timm or transformers model folder", priority=25,
+))

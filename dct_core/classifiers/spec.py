@@ -1,13 +1,16 @@
-"""Turning what a user names into a classifier.
+"""Turning what a user names into a classifier: the registered classifier sources decide (dct_core.registry).
 
-Forms (each may end in ``#key=value,...`` options: pooling=mean, multi_label=true, template=...; a path
-that itself contains "#" is taken as it is):
+A spec is ``<prefix>:<rest>`` for a source with that prefix, or what a source's ``matches`` recognizes (usually a
+path); each may end in ``#key=value,...`` options: pooling=mean, multi_label=true, template=..., arch=... (a path
+that itself contains "#" is taken as it is). The built-in sources register themselves from their own modules:
 - ``timm:<architecture>`` with weights from ``--classifier-weights`` or inline ``timm:<architecture>@<file>``
-- a folder: timm's hub layout (config.json with ``architecture``) or transformers (config.json with id2label)
+  (timm_source), a folder in timm's hub layout (config.json with ``architecture``);
+- a transformers model folder (config.json with id2label; hf_source);
 - a TorchScript file (with ``--labels`` or a ``<file>.json`` sidecar); it is code, so only with trust_code
-- ``<prefix>:<name>`` of a registered source (dct_core.registry), e.g. the demo world's ``world:guide``
+  (torchscript_source);
 - ``clip:<folder>``: zero-shot CLIP over the labels (default: ImageNet names); open_clip weights as
-  ``clip:<file>#arch=<open_clip architecture>``
+  ``clip:<file>#arch=<open_clip architecture>`` (clip_source);
+- ``world:guide`` / ``world:held-out``: the demo world's classifiers (dct_core.world).
 Several specs make an ensemble (log-probabilities averaged).
 """
 
@@ -18,21 +21,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import DCTError
-from ..registry import classifier_source
+from ..registry import ClassifierOptions, classifier_forms, find_classifier_source
 from .base import Classifier, EnsembleClassifier, ImageClassifier
-from .text_files import folder_kind
-
-FORMS = (
-    "timm:<architecture> with --classifier-weights FILE (or timm:<architecture>@FILE), a timm or transformers "
-    "model folder, a TorchScript file, or clip:<CLIP folder>"
-)
+from .text_files import existing_path
 
 
 def _names_existing_path(text: str) -> bool:
-    try:
-        return bool(text) and Path(text).expanduser().exists()
-    except (OSError, ValueError):  # a name too long, or with a NUL byte
-        return False
+    return bool(text) and existing_path(text) is not None
 
 
 def _path_parts(spec: str) -> list[str]:
@@ -85,59 +80,29 @@ def load_classifier(
         raise DCTError(
             f"unknown classifier option(s) {', '.join(opts)}; known: pooling, multi_label, template, arch."
         )
-    kind, sep, rest = spec.partition(":")
-    if sep and kind == "timm" and rest:
-        name, _, inline = rest.partition("@")
-        from .timm_source import load_timm_classifier
-
-        classifier = load_timm_classifier(name, inline or weights, labels, multi_label=bool(multi_label))
-    elif sep and rest and (source := classifier_source(kind)) is not None:
-        classifier = source.load(rest)
-    elif sep and kind == "clip" and rest:
-        from .clip_source import DEFAULT_TEMPLATE, load_clip_classifier
-
-        classifier = load_clip_classifier(_existing(rest), labels, template=template or DEFAULT_TEMPLATE, arch=arch)
-    else:
-        classifier = _load_path(_existing(spec), labels, pooling, multi_label, trust_code)
+    options = ClassifierOptions(weights=weights, labels=labels, pooling=pooling, multi_label=multi_label,
+                                template=template, arch=arch, trust_code=trust_code)
+    found = find_classifier_source(spec)
+    if found is None:
+        require_existing(spec)
+        raise DCTError(f"no classifier source takes {spec!r}; use {classifier_forms()}.")
+    source, target = found
+    classifier = source.load(target, options)
     if grad_checkpointing:
         _enable_checkpointing(classifier.module)
     return classifier
 
 
-def _existing(path: str) -> Path:
+def require_existing(path: str) -> Path:
+    """``path`` as an existing Path, or the error that lists the forms a classifier may take."""
     p = Path(path).expanduser()
     if not p.exists():
         hint = " (options after '#' look like #pooling=mean)" if "#" in path else ""
         raise DCTError(
-            f"classifier {path!r} is neither an existing file or folder nor a known form{hint}; use {FORMS}."
+            f"classifier {path!r} is neither an existing file or folder nor a known form{hint}; "
+            f"use {classifier_forms()}."
         )
     return p
-
-
-def _load_path(path: Path, labels, pooling: str, multi_label: bool | None, trust_code: bool) -> ImageClassifier:
-    if path.is_dir():
-        return _load_folder(path, labels, pooling, multi_label)
-    from .torchscript_source import is_torchscript, load_torchscript_classifier
-
-    if is_torchscript(path):
-        return load_torchscript_classifier(path, labels, multi_label=multi_label, trust_code=trust_code)
-    raise DCTError(
-        f"{path.name} is a weights file without an architecture; name one with timm:<architecture> "
-        f"--classifier-weights {path}, or give a model folder or a TorchScript file."
-    )
-
-
-def _load_folder(path: Path, labels, pooling: str, multi_label: bool | None) -> ImageClassifier:
-    kind, _ = folder_kind(path)
-    if kind == "timm":
-        from .timm_source import load_timm_folder
-
-        return load_timm_folder(path, labels, multi_label=bool(multi_label))
-    if kind == "clip":
-        raise DCTError(f"{path} is a CLIP model; use it as a zero-shot classifier with clip:{path}.")
-    from .hf_source import load_hf_classifier
-
-    return load_hf_classifier(path, labels, pooling=pooling, multi_label=multi_label)
 
 
 def _enable_checkpointing(module) -> None:
@@ -156,7 +121,7 @@ def load_classifiers(
     """One classifier, or an ensemble of several (weights then go inline: timm:<name>@FILE). TorchScript
     files load only with ``trust_code=True``."""
     if not specs:
-        raise DCTError(f"no classifier given; use {FORMS}.")
+        raise DCTError(f"no classifier given; use {classifier_forms()}.")
     if len(specs) == 1:
         return load_classifier(specs[0], weights, labels, trust_code=trust_code, **options)
     if weights is not None:

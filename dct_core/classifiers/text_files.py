@@ -60,13 +60,22 @@ def read_model_config(folder: str | Path) -> dict[str, Any]:
     return read_json_object(folder / "config.json", "model config")
 
 
-def folder_kind(folder: str | Path) -> tuple[str, dict[str, Any]]:
-    """What a model folder holds, 'timm', 'clip' or 'transformers', from its config.json (returned too)."""
-    cfg = read_model_config(folder)
-    if "architecture" in cfg:
-        if not isinstance(cfg["architecture"], str) or not cfg["architecture"]:
-            raise DCTError(f"'architecture' in {Path(folder) / 'config.json'} must be a timm architecture name.")
-        return "timm", cfg
-    if cfg.get("model_type") == "clip":
-        return "clip", cfg
-    return "transformers", cfg
+def existing_path(spec: str) -> Path | None:
+    """``spec`` as an existing path (``~`` expanded), or None; a name the system cannot take counts as missing."""
+    try:
+        path = Path(spec).expanduser()
+        return path if path.exists() else None
+    except (OSError, ValueError, RuntimeError):  # a name too long, a NUL byte, an unknown ~user
+        return None
+
+
+def model_config_or_none(spec: str) -> dict[str, Any] | None:
+    """The config.json of the model folder ``spec`` names, or None where it names no folder or the config cannot
+    be read (the source that takes such a folder reports why)."""
+    path = existing_path(spec)
+    if path is None or not path.is_dir():
+        return None
+    try:
+        return read_model_config(path)
+    except DCTError:
+        return None

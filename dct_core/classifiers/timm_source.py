@@ -1,5 +1,9 @@
 """timm classifiers: an architecture name plus a local weights file, or a folder in timm's hub layout
-(config.json + model.safetensors). Weights are read without running pickled code."""
+(config.json + model.safetensors). Weights are read without running pickled code.
+
+Registers three classifier sources: ``timm:<architecture>[@FILE]``, timm hub folders, and the catch-all for a
+weights file named without an architecture (which asks for one).
+"""
 
 from __future__ import annotations
 
@@ -10,10 +14,12 @@ from typing import Any
 import torch
 
 from ..errors import DCTError
+from ..registry import NO_OPTIONS, ClassifierOptions, ClassifierSource, register_classifier_source
 from .base import ImageClassifier
+from .features import FeatureFn
 from .labels import check_label_count, imagenet_labels, labels_from, names_from_json
 from .preprocess import Preprocess
-from .text_files import read_model_config
+from .text_files import existing_path, model_config_or_none, read_model_config
 from .weights import read_state_dict
 
 
@@ -100,6 +106,13 @@ def folder_label_names(cfg: dict) -> list[str] | None:
     return names
 
 
+def check_folder_architecture(cfg: dict, folder: str | Path) -> str:
+    arch = cfg["architecture"]
+    if not isinstance(arch, str) or not arch:
+        raise DCTError(f"'architecture' in {Path(folder) / 'config.json'} must be a timm architecture name.")
+    return arch
+
+
 def load_timm_folder(folder: str | Path, labels=None, *, multi_label: bool = False) -> ImageClassifier:
     """A folder as timm writes it for the hub: config.json (architecture, num_classes, pretrained_cfg,
     optional label_names / model_args) and model.safetensors (or pytorch_model.bin)."""
@@ -107,7 +120,7 @@ def load_timm_folder(folder: str | Path, labels=None, *, multi_label: bool = Fal
 
     folder = Path(folder)
     cfg = read_model_config(folder)
-    arch = cfg["architecture"]
+    arch = check_folder_architecture(cfg, folder)
     _check_name(arch)
     num_classes = folder_num_classes(cfg)
     names = resolve_names(labels, num_classes, folder_label_names(cfg), arch)  # cheap checks before the weights
@@ -121,3 +134,93 @@ def load_timm_folder(folder: str | Path, labels=None, *, multi_label: bool = Fal
     model.eval().requires_grad_(False)
     return ImageClassifier(model, names, Preprocess.from_timm(model), name=f"timm:{folder.name}",
                            multi_label=multi_label)
+
+
+# --- the classifier sources -------------------------------------------------------------------------------------
+
+
+def header_width(weights: Path, architecture: str) -> int | None:
+    """Rows of the classifier head in a .safetensors file, read from its header only."""
+    if weights.suffix != ".safetensors":
+        return None
+    import timm
+    from safetensors import safe_open
+
+    cfg = timm.models.get_pretrained_cfg(architecture) if timm.is_model(architecture) else None
+    with safe_open(str(weights), framework="pt") as f:
+        shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
+    return head_width(cfg.classifier if cfg is not None else "head", shapes)
+
+
+def _load_named(target: str, options: ClassifierOptions = NO_OPTIONS) -> ImageClassifier:
+    name, _, inline = target.partition("@")
+    return load_timm_classifier(name, inline or options.weights, options.labels, multi_label=bool(options.multi_label))
+
+
+def _named_labels(target: str, options: ClassifierOptions = NO_OPTIONS) -> list[str]:
+    name, _, inline = target.partition("@")
+    weights = inline or options.weights
+    if weights and Path(weights).is_dir():  # an architecture with a model folder: the folder's own labels
+        from .label_lookup import labels_for
+
+        return labels_for(str(weights))
+    width = header_width(Path(weights), name) if weights else None
+    return resolve_names(None, width or 1000, None, name)
+
+
+def timm_features(classifier: ImageClassifier) -> FeatureFn | None:
+    """``forward_head(forward_features(x), pre_logits=True)``: the pooled vector the head reads, for any timm
+    model (loaded by name, from a hub folder, or by the demo world)."""
+    module: Any = classifier.module
+    if callable(getattr(module, "forward_features", None)) and callable(getattr(module, "forward_head", None)):
+        return lambda x: module.forward_head(module.forward_features(x), pre_logits=True)
+    return None
+
+
+def _is_timm_folder(spec: str) -> bool:
+    cfg = model_config_or_none(spec)
+    return cfg is not None and "architecture" in cfg
+
+
+def _load_folder(target: str, options: ClassifierOptions = NO_OPTIONS) -> ImageClassifier:
+    return load_timm_folder(Path(target).expanduser(), options.labels, multi_label=bool(options.multi_label))
+
+
+def _folder_labels(target: str, options: ClassifierOptions = NO_OPTIONS) -> list[str]:
+    folder = Path(target).expanduser()
+    cfg = read_model_config(folder)
+    arch = check_folder_architecture(cfg, folder)
+    return resolve_names(None, folder_num_classes(cfg), folder_label_names(cfg), arch)
+
+
+def _is_weights_file(spec: str) -> bool:
+    path = existing_path(spec)
+    return path is not None and not path.is_dir()
+
+
+def _refuse_bare_weights(target: str, options: ClassifierOptions = NO_OPTIONS) -> ImageClassifier:
+    path = Path(target).expanduser()
+    raise DCTError(
+        f"{path.name} is a weights file without an architecture; name one with timm:<architecture> "
+        f"--classifier-weights {path}, or give a model folder or a TorchScript file."
+    )
+
+
+def _bare_weights_labels(target: str, options: ClassifierOptions = NO_OPTIONS) -> list[str]:
+    return resolve_names(None, 1000, None, Path(target).name)  # as a 1000-class (ImageNet) head
+
+
+register_classifier_source(ClassifierSource(
+    "timm", _load_named, "a timm architecture and its weights: timm:<architecture>[@FILE]",
+    quick_labels=_named_labels, features=timm_features,
+    node_spec=lambda path, architecture: f"timm:{architecture}@{path}" if architecture else None,
+    form="timm:<architecture> with --classifier-weights FILE (or timm:<architecture>@FILE)", priority=10,
+))
+register_classifier_source(ClassifierSource(
+    None, _load_folder, "a folder in timm's hub layout (config.json with 'architecture')", name="timm folder",
+    matches=_is_timm_folder, quick_labels=_folder_labels, priority=20,
+))
+register_classifier_source(ClassifierSource(
+    None, _refuse_bare_weights, "any other file: weights without an architecture (asks for timm:<architecture>)",
+    name="weights file", matches=_is_weights_file, quick_labels=_bare_weights_labels, priority=90,
+))

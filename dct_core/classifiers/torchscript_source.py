@@ -3,7 +3,7 @@
 TorchScript is code: loading a file runs its ``__setstate__`` and we run its ``forward``, and that code can
 write files. It is refused unless the caller passes ``trust_code=True``. The sidecar ``<file>.json`` (or
 ``<stem>.json``) is plain JSON, read without loading the module; it may set input_size, mean, std, crop_pct,
-interpolation, multi_label and labels.
+interpolation, multi_label and labels. Registers the classifier source for TorchScript files.
 """
 
 from __future__ import annotations
@@ -17,10 +17,12 @@ from typing import Any
 import torch
 
 from ..errors import DCTError
+from ..registry import NO_OPTIONS, ClassifierOptions, ClassifierSource, register_classifier_source
 from .base import ImageClassifier
+from .features import FeatureFn
 from .labels import check_label_count, labels_from, names_from_json
 from .preprocess import Preprocess
-from .text_files import read_json_object
+from .text_files import existing_path, read_json_object
 
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 OPT_IN = "--trust-code on the command line, or the Load Classifier node's 'allow TorchScript code' switch"
@@ -133,3 +135,31 @@ def load_torchscript_classifier(path: str | Path, labels=None, *, multi_label: b
         p.requires_grad_(False)
     multi = meta.get("multi_label", False) if multi_label is None else multi_label
     return ImageClassifier(module, names, preprocess, name=f"torchscript:{path.name}", multi_label=multi)
+
+
+def _is_torchscript_file(spec: str) -> bool:
+    path = existing_path(spec)
+    return path is not None and not path.is_dir() and is_torchscript(path)
+
+
+def _load(target: str, options: ClassifierOptions = NO_OPTIONS) -> ImageClassifier:
+    return load_torchscript_classifier(Path(target).expanduser(), options.labels, multi_label=options.multi_label,
+                                       trust_code=options.trust_code)
+
+
+def _quick_labels(target: str, options: ClassifierOptions = NO_OPTIONS) -> list[str]:
+    return torchscript_labels(Path(target).expanduser())  # the sidecar's: the module is never loaded
+
+
+def _features(classifier: ImageClassifier) -> FeatureFn | None:
+    if isinstance(classifier.module, torch.jit.ScriptModule):
+        raise DCTError(f"{classifier.name} is TorchScript, whose layers cannot be read from outside; name a timm, "
+                       f"transformers or CLIP classifier for the features.")
+    return None
+
+
+register_classifier_source(ClassifierSource(
+    None, _load, "a TorchScript file with its labels (explicit or a <file>.json sidecar); code, so only if trusted",
+    name="torchscript", matches=_is_torchscript_file, quick_labels=_quick_labels, features=_features,
+    form="a TorchScript file", priority=30,
+))
