@@ -90,9 +90,10 @@ def test_timm_features_are_the_pre_logits(tiny):
     with torch.no_grad():
         x = tiny.preprocess(images)
         expected = model.forward_head(model.forward_features(x), pre_logits=True)
-        torch.testing.assert_close(features, expected)
+        # chunks of 2 against one batch of 5: the same up to the CPU kernels' batch-size-dependent rounding
+        torch.testing.assert_close(features, expected, atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(head(features), tiny(images), atol=1e-4, rtol=1e-4)  # what the head reads
-        torch.testing.assert_close(frechet._last_linear(tiny)(x), expected)  # the generic fallback agrees
+        torch.testing.assert_close(frechet._last_linear(tiny)(x), expected, atol=1e-4, rtol=1e-4)  # the fallback
     assert not head._forward_pre_hooks
 
 
