@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dct_core.config import TrainConfig, preset_config
+from dct_core.errors import DCTError
 from dct_core.settings import BACKEND, GENERATION, PROGRESS, TRAINING, setting
 
 from .host import sampler_names, scheduler_names
@@ -89,4 +90,7 @@ class TrainingOptionsNode(io.ComfyNode):
 
     @classmethod
     def execute(cls, **widgets: Any) -> io.NodeOutput:
-        return io.NodeOutput(TrainingOptions.from_widgets(widgets))
+        try:
+            return io.NodeOutput(TrainingOptions.from_widgets(widgets))
+        except DCTError as exc:  # a node error the host shows as the user's mistake, as the Train node's
+            raise ValueError(str(exc)) from exc

@@ -48,10 +48,10 @@ BUILD_GRAPH = """() => {
   set(clf, 'labels', 'tiny-labels.txt');
   const train = add('{TRAIN_NODE}', 400, 0);
   ckpt.connect(0, train, 0); ckpt.connect(1, train, 1); ckpt.connect(2, train, 2); clf.connect(0, train, 3);
-  for (const [k, v] of Object.entries({steps: 2, save_name: 'browser-token', overwrite: true, recipe: 'paper'}))
+  for (const [k, v] of Object.entries({max_steps: 2, save_name: 'browser-token', overwrite: true, recipe: 'paper'}))
     set(train, k, v);
   const opts = add('DCTTrainingOptions', 0, 600);
-  const o = {batch_size: 2, sampling_steps: 2, resolution: 64, learning_rate: 0.05, accuracy_threshold: 1.0,
+  const o = {batch_size: 2, sampling_steps: 2, resolution: 64, lr: 0.05, accuracy_threshold: 1.0,
              templates: 'A photo of {token} {label}'};
   for (const [k, v] of Object.entries(o)) set(opts, k, v);
   opts.connect(0, train, train.findInputSlot('options'));

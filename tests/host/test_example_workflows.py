@@ -32,7 +32,7 @@ TINY_FILES = {
 }
 # CPU-sized settings instead of the paper's.
 SMALL = {
-    TRAIN: {"steps": 2},
+    TRAIN: {"max_steps": 2},
     LEGACY_TRAIN: {"resolution": 64, "steps": 2, "sampling_steps": 2, "batch_size": 2},
     "EmptyLatentImage": {"width": 64, "height": 64, "batch_size": 2},
     "KSampler": {"steps": 2},
@@ -115,9 +115,9 @@ def test_examples_use_only_registered_nodes_and_convert(server):
     train, apply, compare = (ui_to_api(load(n), info) for n in ORDER)
     (trainer,) = nodes_of(train, TRAIN)  # the simple face: no legacy node, no options node needed
     assert not nodes_of(train, LEGACY_TRAIN)
-    assert set(trainer["inputs"]) == {"model", "clip", "vae", "classifier", "target_class", "steps", "save_name",
-                                      "overwrite", "recipe"}
-    assert trainer["inputs"]["recipe"] == "paper" and trainer["inputs"]["steps"] == 0  # the paper's, as before
+    assert set(trainer["inputs"]) == {"model", "clip", "vae", "classifier", "target_class", "max_steps",
+                                      "save_name", "overwrite", "recipe"}
+    assert trainer["inputs"]["recipe"] == "paper" and trainer["inputs"]["max_steps"] == 0  # the paper's, as before
     token_file = trainer["inputs"]["save_name"] + ".safetensors"
     for api in (apply, compare):
         assert [n["inputs"]["token"] for n in nodes_of(api, "DCTLoadClassToken")] == [token_file]

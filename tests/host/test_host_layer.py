@@ -64,7 +64,7 @@ def _x0_grad(backend_cls, autograd, loaded, checkpoint: bool, decoder=None):
     with torch.inference_mode(), autograd.autograd_enabled(), autograd.out_of_place_clip():
         backend = backend_cls(model, clip, vae, decoder=decoder)
         vectors = {k: v.clone().requires_grad_(True) for k, v in backend.init_vectors("cat", 1).items()}
-        traj = backend.start([0, 1], SamplingConfig(resolution=64, steps=4, guidance=7.0))
+        traj = backend.start([0, 1], SamplingConfig(resolution=64, sampling_steps=4, guidance=7.0))
         negative = backend.negative("", 2)
         with torch.no_grad():
             backend.denoise(traj, backend.encode(prompts, vectors), negative, 2)

@@ -9,9 +9,17 @@ import torch
 from dct_core.tokens import ClassToken, load_class_token
 
 SAMPLING = dict(cfg=7.0, sampler_name="euler", scheduler="normal", sampling_steps=3, resolution=64)
+# The legacy node's frozen widget names that the settings table (the Train node, the Options node) spells otherwise.
+TABLE_NAMES = {"steps": "max_steps", "learning_rate": "lr", "cfg": "guidance"}
+
+
+def _table_names(widgets: dict) -> dict:
+    """Legacy widget values under the settings table's names (the Options node's inputs)."""
+    return {TABLE_NAMES.get(k, k): v for k, v in widgets.items()}
 
 
 def _train_inputs(model, clip, vae, classifier, **over):
+    """The legacy DCTTrainClassToken node's inputs (its frozen widget names)."""
     inputs = dict(model=model, clip=clip, vae=vae, classifier=classifier, target_class="tiger cat", init_word="a",
                   templates="A photo of {token} {label}", steps=4, learning_rate=0.1, batch_size=2, micro_batch=0,
                   seed=0, accuracy_threshold=1.0, patience=50, backprop_depth=3, decoder="checkpoint VAE",
@@ -46,7 +54,7 @@ def classifier(host, loaded):
         backend = backend_cls(model, clip, vae)
         prompts = [f"a photo of a {label.split(',')[0]}" for label in TINY_LABELS]
         images = generate_images(backend, prompts, range(100, 100 + len(prompts)),
-                                 SamplingConfig(resolution=64, steps=3, guidance=7.0))
+                                 SamplingConfig(resolution=64, sampling_steps=3, guidance=7.0))
     return tiny_classifier(images, seed=0)
 
 
@@ -73,7 +81,7 @@ def test_training_in_the_host_learns_saves_and_leaves_the_host_as_found(host, lo
     import comfy.clip_model
 
     model, clip, vae = loaded
-    train = _node(host, "train_node", "TrainClassToken")
+    train = _node(host, "legacy_train_node", "TrainClassToken")
     weights_before = _fingerprint(model, clip, vae)
     image_before = _stock_image(host, model, clip, vae)
     clip_forward = comfy.clip_model.CLIPLayer.forward
@@ -102,7 +110,7 @@ def test_training_raises_the_target_probability_on_the_training_seeds(host, load
     from dct_core.training import train_class_token
 
     records = []
-    train_mod = pytest.importorskip("dct_pack.nodes.train_node")
+    legacy = _node(host, "legacy_train_node", "TrainClassToken")
 
     def spy(*args, **kwargs):
         result = train_class_token(*args, **kwargs)
@@ -111,7 +119,7 @@ def test_training_raises_the_target_probability_on_the_training_seeds(host, load
 
     monkeypatch.setattr(run_mod, "train_class_token", spy)  # the node trains through the shared run layer
     model, clip, vae = loaded
-    _run(train_mod.TrainClassToken, **_train_inputs(model, clip, vae, classifier, steps=8, save_name=""))
+    _run(legacy, **_train_inputs(model, clip, vae, classifier, steps=8, save_name=""))
     first, best = records[0], max(records, key=lambda r: r.target_prob)
     assert best.target_prob > 1.5 * first.target_prob
     assert max(r.accuracy for r in records) >= first.accuracy
@@ -133,13 +141,12 @@ def _engine_configs(monkeypatch) -> list:
 
 
 def test_fresh_seeds_reach_the_engine(host, loaded, classifier, monkeypatch):
-    train_mod = pytest.importorskip("dct_pack.nodes.train_node")
+    legacy = _node(host, "legacy_train_node", "TrainClassToken")
     configs = _engine_configs(monkeypatch)
     model, clip, vae = loaded
     for fresh in (True, None):  # None: a workflow saved before the input existed
         over = {"fresh_seeds": fresh} if fresh is not None else {}
-        _run(train_mod.TrainClassToken, **_train_inputs(model, clip, vae, classifier, steps=1, save_name="",
-                                                        **over))
+        _run(legacy, **_train_inputs(model, clip, vae, classifier, steps=1, save_name="", **over))
     assert [c.fresh_seeds for c in configs] == [True, False]
 
 
@@ -199,7 +206,8 @@ def test_cancel_mid_training_keeps_a_usable_token(host, loaded, classifier, monk
     import comfy.model_management as mm
 
     model, clip, vae = loaded
-    train_mod = __import__("dct_pack.nodes.train_node", fromlist=["x"])
+    train_mod = __import__("dct_pack.nodes.train_node", fromlist=["x"])  # where both Train nodes train
+    legacy = _node(host, "legacy_train_node", "TrainClassToken")
     seen = []
 
     def cancel_after_two(node_id, record, label):
@@ -210,8 +218,8 @@ def test_cancel_mid_training_keeps_a_usable_token(host, loaded, classifier, monk
     monkeypatch.setattr(train_mod, "_send_progress", cancel_after_two)
     try:
         with pytest.raises(mm.InterruptProcessingException):
-            _run(train_mod.TrainClassToken, **_train_inputs(model, clip, vae, classifier, steps=20,
-                                                            backprop_depth=1, save_name="cancelled-token"))
+            _run(legacy, **_train_inputs(model, clip, vae, classifier, steps=20, backprop_depth=1,
+                                         save_name="cancelled-token"))
     finally:
         mm.interrupt_current_processing(False)
     assert seen == [0, 1]
@@ -222,7 +230,7 @@ def test_cancel_mid_training_keeps_a_usable_token(host, loaded, classifier, monk
 
 def test_bad_inputs_are_clear_node_errors(host, loaded, classifier):
     model, clip, vae = loaded
-    train = _node(host, "train_node", "TrainClassToken")
+    train = _node(host, "legacy_train_node", "TrainClassToken")
     with pytest.raises(ValueError, match="no class named 'tigre cat'.*'tiger cat'"):
         _run(train, **_train_inputs(model, clip, vae, classifier, target_class="tigre cat"))
     sdxl = ClassToken({"clip_l": torch.full((1, 768), 0.1), "clip_g": torch.full((1, 1280), 0.1)}, name="xl")
@@ -247,7 +255,7 @@ def test_a_taesd_decoder_from_vae_approx_gives_the_training_signal(host, loaded,
     _random_init_(decoder, 5)
     save_file({k: v.contiguous() for k, v in decoder.state_dict().items()},
               str(host["models"] / "vae_approx" / "taesd_decoder.safetensors"))
-    train = _node(host, "train_node", "TrainClassToken")
+    train = _node(host, "legacy_train_node", "TrainClassToken")
     schema = train.define_schema()
     options = next(i for i in schema.inputs if i.id == "decoder").options
     assert "taesd_decoder.safetensors" in options
@@ -259,10 +267,10 @@ def test_a_taesd_decoder_from_vae_approx_gives_the_training_signal(host, loaded,
     options_node = _node(host, "training_options", "TrainingOptionsNode")
     assert "taesd_decoder.safetensors" in next(i for i in options_node.define_schema().inputs
                                                if i.id == "decoder").options
-    widgets = {**_options_node_defaults(host), **SAMPLING, "batch_size": 2,
+    widgets = {**_options_node_defaults(host), **_table_names(SAMPLING), "batch_size": 2,
                "decoder": "taesd_decoder.safetensors", "backprop_depth": 1}
     options = _run(options_node, **widgets).result[0]
-    out = _run(_node(host, "train_node", "TrainToken"), **_simple(model, clip, vae, classifier, steps=2,
+    out = _run(_node(host, "train_node", "TrainToken"), **_simple(model, clip, vae, classifier, max_steps=2,
                                                                   recipe="paper", options=options))
     token, plot, grid = out.result
     assert torch.isfinite(token.vectors["clip_l"]).all() and grid.shape[-1] == 3
@@ -324,11 +332,12 @@ def test_adaptive_class_guidance_patch_in_a_stock_ksampler(host, loaded, classif
 
 
 def test_the_node_date_step_is_the_engines_and_moves_each_image_by_rho(host, loaded, classifier, monkeypatch):
-    """The node calls dct_core.adaptive.date_update (per-image norm), not an update of its own."""
+    """The node runs the engine's DATE loop, whose step is dct_core.adaptive.date_update (per-image norm), not an
+    update of its own."""
+    import dct_core.adaptive as module
     import nodes as host_nodes
 
     adaptive_node = _node(host, "adaptive_node", "AdaptiveClassGuidance")
-    module = __import__("dct_pack.nodes.adaptive_node", fromlist=["date_update"])
     from dct_core.adaptive import date_update
 
     moves = []
@@ -363,7 +372,7 @@ def test_the_engines_adaptive_sampling_runs_on_the_host_backend(host, loaded, cl
     autograd = _node(host, "host_autograd", "autograd_enabled")
     out_of_place = _node(host, "host_autograd", "out_of_place_clip")
     model, clip, vae = loaded
-    sampling = SamplingConfig(resolution=64, steps=3, guidance=7.0)
+    sampling = SamplingConfig(resolution=64, sampling_steps=3, guidance=7.0)
     target = classifier.class_index("tiger cat")
     with torch.inference_mode(), autograd(), out_of_place():
         backend = backend_cls(model, clip, vae)
@@ -372,7 +381,7 @@ def test_the_engines_adaptive_sampling_runs_on_the_host_backend(host, loaded, cl
         same = adaptive_generate(backend, prompts, seeds, sampling, class_score(classifier, target),
                                  AdaptiveConfig(rho=0.0))
         steered = adaptive_generate(backend, prompts, seeds, sampling, class_score(classifier, target),
-                                    AdaptiveConfig(rho=0.5, steps=(0, 1)))
+                                    AdaptiveConfig(rho=0.5, at_steps=(0, 1)))
     torch.testing.assert_close(same, plain, rtol=0, atol=1e-4)  # step by step through the host sampler
     assert (steered - plain).abs().max() > 1e-3  # ten times what stepping alone changes
 
@@ -380,14 +389,14 @@ def test_the_engines_adaptive_sampling_runs_on_the_host_backend(host, loaded, cl
 def test_the_recipe_combo_decides_what_is_left_at_zero(host, loaded, classifier, monkeypatch):
     """A new node (settings at 0 / empty) trains with the chosen recipe; a workflow saved before the recipe input
     existed runs the paper's recipe with its own values, as it did then."""
-    train_mod = pytest.importorskip("dct_pack.nodes.train_node")
+    legacy = _node(host, "legacy_train_node", "TrainClassToken")
     configs = _engine_configs(monkeypatch)
     model, clip, vae = loaded
     fresh = dict(init_word="", templates="", learning_rate=0.0, batch_size=0, accuracy_threshold=0.0, patience=0,
                  backprop_depth=0, steps=1, save_name="")
-    _run(train_mod.TrainClassToken, **_train_inputs(model, clip, vae, classifier, recipe="balanced", **fresh))
-    _run(train_mod.TrainClassToken, **_train_inputs(model, clip, vae, classifier, recipe="paper", **fresh))
-    _run(train_mod.TrainClassToken, **_train_inputs(model, clip, vae, classifier, steps=1, save_name=""))
+    _run(legacy, **_train_inputs(model, clip, vae, classifier, recipe="balanced", **fresh))
+    _run(legacy, **_train_inputs(model, clip, vae, classifier, recipe="paper", **fresh))
+    _run(legacy, **_train_inputs(model, clip, vae, classifier, steps=1, save_name=""))
     balanced, paper, old = configs
     assert balanced.gradient_point == "x0" and balanced.lr == 0.05 and balanced.fresh_seeds
     assert paper.gradient_point == "last" and paper.lr == 0.00125 and paper.batch_size == 5
@@ -413,8 +422,8 @@ def _configs_only(monkeypatch) -> list:
 
 
 def _simple(model, clip, vae, classifier, **over):
-    inputs = dict(model=model, clip=clip, vae=vae, classifier=classifier, target_class="tiger cat", steps=0,
-                  save_name="", overwrite=False, recipe="balanced")
+    inputs = dict(model=model, clip=clip, vae=vae, classifier=classifier, target_class="tiger cat",
+                  max_steps=0, save_name="", overwrite=False, recipe="balanced")
     inputs.update(over)
     return inputs
 
@@ -438,7 +447,7 @@ def test_the_simple_node_without_options_trains_with_the_recipe(host, loaded, cl
     model, clip, vae = loaded
     for recipe in PRESETS:
         _train_simple(host, model, clip, vae, classifier, recipe=recipe)
-        _train_simple(host, model, clip, vae, classifier, recipe=recipe, steps=3)
+        _train_simple(host, model, clip, vae, classifier, recipe=recipe, max_steps=3)
     for i, recipe in enumerate(PRESETS):
         (config, meta), (config3, _) = seen[2 * i], seen[2 * i + 1]
         assert config == preset_config(recipe)
@@ -446,7 +455,8 @@ def test_the_simple_node_without_options_trains_with_the_recipe(host, loaded, cl
         assert meta["recipe"] == recipe and meta["sampler"] == "euler/normal"
     balanced = seen[0][0]
     assert (balanced.gradient_point, balanced.lr, balanced.batch_size, balanced.fresh_seeds) == ("x0", 0.05, 8, True)
-    assert (balanced.sampling.resolution, balanced.sampling.steps, balanced.sampling.guidance) == (512, 30, 7.0)
+    sampling = balanced.sampling
+    assert (sampling.resolution, sampling.sampling_steps, sampling.guidance) == (512, 30, 7.0)
 
 
 def test_a_fresh_options_node_means_the_recipe_and_set_options_override_it(host, loaded, classifier, monkeypatch):
@@ -462,38 +472,81 @@ def test_a_fresh_options_node_means_the_recipe_and_set_options_override_it(host,
         assert seen[-1][0] == preset_config(recipe)
 
     chosen = dict(init_word="bird", templates="a {token} {label}\n\n  a photo of {token} {label}  ",
-                  learning_rate=0.02, batch_size=3, micro_batch=1, cfg=5.5, sampling_steps=12, resolution=256,
+                  lr=0.02, batch_size=3, micro_batch=1, guidance=5.5, sampling_steps=12, resolution=256,
                   seed=7, accuracy_threshold=0.6, patience=4, backprop_depth=2, fresh_seeds="off",
                   scheduler="karras")
     options = _run(options_node, **{**defaults, **chosen}).result[0]
-    _train_simple(host, model, clip, vae, classifier, recipe="balanced", steps=5, options=options)
+    _train_simple(host, model, clip, vae, classifier, recipe="balanced", max_steps=5, options=options)
     config, meta = seen[-1]
     assert config.templates == ("a {token} {label}", "a photo of {token} {label}")
     assert (config.init_word, config.lr, config.batch_size, config.micro_batch, config.seed) == ("bird", 0.02, 3, 1, 7)
     assert (config.accuracy_threshold, config.patience, config.backprop_depth, config.fresh_seeds) == (0.6, 4, 2,
                                                                                                        False)
-    assert (config.sampling.guidance, config.sampling.steps, config.sampling.resolution) == (5.5, 12, 256)
+    assert (config.sampling.guidance, config.sampling.sampling_steps, config.sampling.resolution) == (5.5, 12, 256)
     assert config.max_steps == 5 and config.gradient_point == "x0"  # the rest stays the recipe's
     assert meta["sampler"] == "euler/karras"
 
     # one setting changed: only that one differs from the recipe; fresh_seeds "on" forces new seeds on paper
-    one = _run(options_node, **{**defaults, "learning_rate": 0.3, "fresh_seeds": "on"}).result[0]
+    one = _run(options_node, **{**defaults, "lr": 0.3, "fresh_seeds": "on"}).result[0]
     _train_simple(host, model, clip, vae, classifier, recipe="paper", options=one)
     assert seen[-1][0] == preset_config("paper", lr=0.3, fresh_seeds=True)
 
 
+def test_settings_new_to_the_options_node_reach_the_engine_and_the_result_lists_them(host, loaded, classifier,
+                                                                                      monkeypatch):
+    """Settings that no node offered before the settings table (gradient point, preserve, keep, weight decay, ...)
+    set on the Options node reach the engine's TrainConfig, and the Train node's result text lists every setting
+    it trained with: the ones set and the recipe's."""
+    from dct_core.config import config_values, preset_config
+
+    options_node = _node(host, "training_options", "TrainingOptionsNode")
+    configs = _engine_configs(monkeypatch)
+    model, clip, vae = loaded
+    small = dict(batch_size=2, sampling_steps=2, resolution=64, templates="A photo of {token} {label}")
+    new = dict(gradient_point="x0", x0_interval="0.1-0.9", preserve=5.0, keep="last", weight_decay=0.0,
+               num_vectors=2, negative_prompt="blurry", checkpointing="off")
+    options = _run(options_node, **{**_options_node_defaults(host), **small, **new}).result[0]
+    out = _run(_node(host, "train_node", "TrainToken"), **_simple(model, clip, vae, classifier, recipe="paper",
+                                                                  max_steps=1, options=options))
+    (config,) = configs
+    # the paper's recipe takes the gradient at the last step, keeps the best token, decays 0.01, checkpoints
+    assert (config.gradient_point, config.x0_interval, config.preserve, config.keep) == ("x0", (0.1, 0.9), 5.0,
+                                                                                         "last")
+    assert (config.weight_decay, config.num_vectors, config.checkpointing) == (0.0, 2, False)
+    assert config.sampling.negative_prompt == "blurry"
+    assert config == preset_config("paper", max_steps=1, templates=("A photo of {token} {label}",), batch_size=2,
+                                   sampling_steps=2, resolution=64, gradient_point="x0", x0_interval=(0.1, 0.9),
+                                   preserve=5.0, keep="last", weight_decay=0.0, num_vectors=2,
+                                   negative_prompt="blurry", checkpointing=False)
+    assert out.result[0].vectors["clip_l"].shape == (2, 768)  # the token trained has the two vectors asked for
+
+    head, listed = out.ui.as_dict()["text"][0].split("\n")
+    assert head.startswith("tiger cat (1): stopped by max_steps after 1 steps; best step 0 accuracy ")
+    assert listed.startswith("recipe paper; settings: ")
+    for name in config_values(config):  # every setting, the recipe's included
+        assert f" {name} " in listed, name
+    for shown in ("gradient_point x0", "x0_interval [0.1, 0.9]", "preserve 5.0", "keep last", "weight_decay 0.0",
+                  "num_vectors 2", "negative_prompt blurry", "checkpointing false",  # set on the Options node
+                  "lr 0.00125", "accuracy_threshold 0.7", "patience 15", "fresh_seeds false",  # the recipe's
+                  "max_steps 1", "batch_size 2", "sampling_steps 2", "resolution 64", "guidance 7.0"):
+        assert shown in listed, (shown, listed)
+
+
 def test_the_legacy_node_and_the_simple_node_share_one_training(host, loaded, classifier, monkeypatch):
-    """The legacy node's widgets, given to the simple node through an options node, start the same training."""
-    train_mod = pytest.importorskip("dct_pack.nodes.train_node")
+    """The legacy node's widgets, given to the simple node through an options node (under the settings table's
+    names), start the same training."""
+    legacy_node = _node(host, "legacy_train_node", "TrainClassToken")
     options_node = _node(host, "training_options", "TrainingOptionsNode")
     seen = _configs_only(monkeypatch)
     model, clip, vae = loaded
     legacy = _train_inputs(model, clip, vae, classifier, recipe="balanced", save_name="")
     with pytest.raises(_Stop):
-        _run(train_mod.TrainClassToken, **legacy)
-    widgets = {k: v for k, v in legacy.items() if k in _options_node_defaults(host)}
+        _run(legacy_node, **legacy)
+    widgets = {k: v for k, v in _table_names(legacy).items() if k in _options_node_defaults(host)}
+    assert {"lr", "guidance"} <= set(widgets)
     options = _run(options_node, **{**widgets, "fresh_seeds": "recipe"}).result[0]
-    _train_simple(host, model, clip, vae, classifier, recipe="balanced", steps=legacy["steps"], options=options)
+    _train_simple(host, model, clip, vae, classifier, recipe="balanced", max_steps=legacy["steps"],
+                  options=options)
     (old, old_meta), (new, new_meta) = seen
     assert old == new and old_meta == new_meta
 
@@ -512,7 +565,7 @@ def test_unset_resolution_is_the_models_native_size(host):
     options = options_mod.TrainingOptions()
     assert options.train_config("balanced", default_resolution=1024).sampling.resolution == 1024
     assert options.train_config("balanced").sampling.resolution == 512
-    set_res = options_mod.TrainingOptions(resolution=768)
+    set_res = options_mod.TrainingOptions.of(resolution=768)
     assert set_res.train_config("balanced", default_resolution=1024).sampling.resolution == 768
 
 
@@ -526,6 +579,8 @@ def test_a_bad_option_is_a_clear_node_error(host, loaded, classifier):
                                                                 options=options))
     with pytest.raises(ValueError, match="fresh_seeds must be one of recipe, on, off"):
         _run(options_node, **{**defaults, "fresh_seeds": "sometimes"})
+    with pytest.raises(ValueError, match="x0_interval must look like 0.2-0.8, got 'late'"):
+        _run(options_node, **{**defaults, "x0_interval": "late"})
 
 
 @pytest.mark.parametrize("host_returns", [2, 3])
@@ -554,7 +609,7 @@ def test_a_cancel_raised_mid_step_still_keeps_the_best_token(host, loaded, class
     import comfy.model_management as mm
 
     model, clip, vae = loaded
-    train_mod = __import__("dct_pack.nodes.train_node", fromlist=["x"])
+    legacy = _node(host, "legacy_train_node", "TrainClassToken")
     calls = []
     forward = type(classifier).__call__
 
@@ -566,8 +621,8 @@ def test_a_cancel_raised_mid_step_still_keeps_the_best_token(host, loaded, class
 
     monkeypatch.setattr(type(classifier), "__call__", raising)
     with pytest.raises(mm.InterruptProcessingException):
-        _run(train_mod.TrainClassToken, **_train_inputs(model, clip, vae, classifier, steps=20, backprop_depth=1,
-                                                        save_name="cancelled-mid-step"))
+        _run(legacy, **_train_inputs(model, clip, vae, classifier, steps=20, backprop_depth=1,
+                                     save_name="cancelled-mid-step"))
     token = load_class_token(host["models"] / "embeddings" / "cancelled-mid-step.safetensors")
     assert token.metadata["stopped"] == "cancelled" and token.metadata["trained_steps"] == "2"
 
@@ -578,14 +633,15 @@ def test_the_host_training_flag_is_set_during_training_and_restored(host, loaded
     import comfy.model_management as mm
 
     model, clip, vae = loaded
-    train_mod = __import__("dct_pack.nodes.train_node", fromlist=["x"])
+    train_mod = __import__("dct_pack.nodes.train_node", fromlist=["x"])  # where both Train nodes train
+    legacy = _node(host, "legacy_train_node", "TrainClassToken")
     had_flag = hasattr(mm, "in_training")
-    _run(train_mod.TrainClassToken, **_train_inputs(model, clip, vae, classifier, steps=1, save_name=""))
+    _run(legacy, **_train_inputs(model, clip, vae, classifier, steps=1, save_name=""))
     assert hasattr(mm, "in_training") == had_flag  # nothing added to a host without the flag
     monkeypatch.setattr(mm, "in_training", False, raising=False)
     seen = []
     monkeypatch.setattr(train_mod, "_send_progress", lambda *a: seen.append(mm.in_training))
-    _run(train_mod.TrainClassToken, **_train_inputs(model, clip, vae, classifier, steps=2, save_name=""))
+    _run(legacy, **_train_inputs(model, clip, vae, classifier, steps=2, save_name=""))
     assert seen == [True, True] and mm.in_training is False
 
 

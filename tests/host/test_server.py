@@ -14,6 +14,16 @@ NODE_IDS = ["DCTLoadClassifier", TRAIN, OPTIONS, "DCTApplyClassToken", "DCTClass
 # The legacy node's inputs as shipped (names, order, types, defaults): saved workflows restore widget values by
 # position, so any change here would scramble them.
 LEGACY_SCHEMA = Path(__file__).resolve().parent / "fixtures" / "legacy_train_node_schema_2025-11.json"
+# The Options node's widgets as first shipped (under the settings table's names: learning_rate is lr, cfg guidance):
+# saved workflows restore widget values by position, so these stay first, in this order.
+FIRST_OPTIONS = ["init_word", "templates", "lr", "batch_size", "micro_batch", "guidance", "sampler_name", "scheduler",
+                 "sampling_steps", "resolution", "seed", "accuracy_threshold", "patience", "backprop_depth", "decoder",
+                 "preview_every", "fresh_seeds"]
+# The settings added after them, each left unset (the recipe's): -1 where 0 is a value of its own.
+UNSET_NEW_OPTIONS = {"gradient_point": "recipe", "x0_interval": "", "x0_points": 0, "preserve": -1, "keep": "recipe",
+                     "validation_images": -1, "threshold_window": 0, "enough_prob": -1, "init_pull": -1,
+                     "norm_cap": -1, "weight_decay": -1, "max_grad_norm": 0, "num_vectors": 0,
+                     "checkpointing": "recipe", "negative_prompt": ""}
 
 
 def _train_workflow(save_name: str, target: str = "tiger cat") -> dict:
@@ -24,14 +34,14 @@ def _train_workflow(save_name: str, target: str = "tiger cat") -> dict:
             "labels": "tiny-labels.txt", "pooling": "cls", "multi_label": False}},
         "3": {"class_type": TRAIN, "inputs": {
             "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "classifier": ["2", 0], "target_class": target,
-            "steps": 2, "save_name": save_name, "overwrite": True, "recipe": "balanced", "options": ["6", 0]}},
+            "max_steps": 2, "save_name": save_name, "overwrite": True, "recipe": "balanced", "options": ["6", 0]}},
         "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 1]}},
         "5": {"class_type": "PreviewImage", "inputs": {"images": ["3", 2]}},
         "6": {"class_type": OPTIONS, "inputs": {
-            "init_word": "a", "templates": "A photo of {token} {label}", "learning_rate": 0.05, "batch_size": 2,
-            "micro_batch": 0, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal", "sampling_steps": 2,
+            "init_word": "a", "templates": "A photo of {token} {label}", "lr": 0.05, "batch_size": 2,
+            "micro_batch": 0, "guidance": 7.0, "sampler_name": "euler", "scheduler": "normal", "sampling_steps": 2,
             "resolution": 64, "seed": 0, "accuracy_threshold": 1.0, "patience": 15, "backprop_depth": 1,
-            "decoder": "checkpoint VAE", "preview_every": 1, "fresh_seeds": "recipe"}},
+            "decoder": "checkpoint VAE", "preview_every": 1, "fresh_seeds": "recipe", **UNSET_NEW_OPTIONS}},
     }
 
 
@@ -56,16 +66,19 @@ def _widgets(info: dict, node_id: str) -> list[str]:
 def test_the_simple_train_node_the_options_node_and_the_deprecated_legacy_node(server):
     info = server.get("/object_info")
     train, options, legacy = info[TRAIN], info[OPTIONS], info[LEGACY_TRAIN]
-    assert _widgets(info, TRAIN) == ["target_class", "steps", "save_name", "overwrite", "recipe"]
+    assert _widgets(info, TRAIN) == ["target_class", "max_steps", "save_name", "overwrite", "recipe"]
     assert train["input_order"]["optional"] == ["options"]
     assert train["input"]["optional"]["options"][0] == options["output"][0] == "DCT_TRAINING_OPTIONS"
     assert train["display_name"] == "Train Discriminative Token (DCT)" and not train.get("deprecated")
     assert options["display_name"] == "DCT Training Options" and not options.get("deprecated")
-    assert len(_widgets(info, OPTIONS)) == 17
-    # unset on a fresh options node means the recipe's: 0, empty, "recipe" (the seed is the recipes' own 0)
+    assert _widgets(info, OPTIONS) == FIRST_OPTIONS + list(UNSET_NEW_OPTIONS)
+    # unset on a fresh options node means the recipe's: 0, empty, "recipe", or -1 where 0 is a value of its own
+    # (the seed is the recipes' own 0)
     defaults = {name: s[1]["default"] for name, s in options["input"]["required"].items()}
     assert {k: v for k, v in defaults.items() if v not in (0, 0.0, "", "recipe")} == {
-        "sampler_name": "euler", "scheduler": "normal", "decoder": "checkpoint VAE", "preview_every": 1}
+        "sampler_name": "euler", "scheduler": "normal", "decoder": "checkpoint VAE", "preview_every": 1,
+        **{k: v for k, v in UNSET_NEW_OPTIONS.items() if v == -1}}
+    assert {k: defaults[k] for k in UNSET_NEW_OPTIONS} == UNSET_NEW_OPTIONS
     # the legacy node: deprecated (the frontend leaves it out of its search), named so, its inputs as shipped
     assert legacy["deprecated"] is True
     assert legacy["display_name"] == "Train Discriminative Token (DCT) (legacy, all settings)"
