@@ -29,12 +29,12 @@ def measure(size: str, every: str, threads: int) -> dict:
     import timm
     import torch
 
-    from dct_core.adaptive import AdaptiveConfig, adaptive_generate, class_score
+    from dct_core.backends.diffusers_backend import DiffusersBackend
     from dct_core.classifiers import ImageClassifier, Preprocess
     from dct_core.config import SamplingConfig
-    from dct_core.diffusers_backend import DiffusersBackend
-    from dct_core.generation import generate_images
-    from dct_core.tiny import tiny_pipeline
+    from dct_core.method.adaptive import AdaptiveConfig, adaptive_generate, class_score
+    from dct_core.method.generation import generate_images
+    from dct_core.testing.tiny import tiny_pipeline
 
     torch.set_num_threads(threads)
     model, res, steps = SIZES[size]

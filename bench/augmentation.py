@@ -39,10 +39,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dct_core.config import DEFAULT_PRESET  # noqa: E402
-from dct_core.dataset import plan_classes, write_dataset  # noqa: E402
-from dct_core.demo import demo_config  # noqa: E402
-from dct_core.run import TrainJob, run_training  # noqa: E402
-from dct_core.tokens import sanitize_name  # noqa: E402
+from dct_core.formats.tokens import sanitize_name  # noqa: E402
+from dct_core.jobs.dataset import plan_classes, write_dataset  # noqa: E402
+from dct_core.jobs.demo import demo_config  # noqa: E402
+from dct_core.jobs.run import TrainJob, run_training  # noqa: E402
 from dct_core.world import SAMPLING, load_world_backend, load_world_classifier  # noqa: E402
 from dct_core.world.classifier_training import _normalize, fit_classifier  # noqa: E402
 from dct_core.world.classifier_zoo import CLASSIFIERS  # noqa: E402

@@ -32,8 +32,8 @@ def _value(text: str):
 def main() -> int:
     import torch
 
-    from dct_core.demo import run_demo
-    from dct_core.evaluation import WITH, WITHOUT
+    from dct_core.jobs.demo import run_demo
+    from dct_core.method.evaluation import WITH, WITHOUT
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--depths", default="1,3")

@@ -112,7 +112,7 @@ def measure(setting: str, args) -> dict:
     import nodes as host_nodes
     from dct_core.classifiers import ImageClassifier, Preprocess
     from dct_core.config import SamplingConfig, preset_config
-    from dct_core.training import _gradient_steps, train_class_token
+    from dct_core.method.training import _gradient_steps, train_class_token
 
     s = SETTINGS[setting]
     batch = args.batch * s.get("mult", 1)

@@ -68,8 +68,8 @@ def run_one(job: tuple[str, dict, str, int, int]) -> dict:
 
     torch.set_num_threads(1)
     from dct_core.config import preset_config
-    from dct_core.evaluation import WITH, WITHOUT, compare_with_token, token_quality
-    from dct_core.run import TrainJob, run_training
+    from dct_core.jobs.run import TrainJob, run_training
+    from dct_core.method.evaluation import WITH, WITHOUT, compare_with_token, token_quality
     from dct_core.world import SAMPLING, load_world_backend, load_world_classifier, reference_renders, variety_reader
     from dct_core.world.facts import EVAL_FIRST_SEED
 

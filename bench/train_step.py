@@ -48,7 +48,7 @@ def sd15_pipeline():
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from dct_core.model_loading import clip_tokenizer
+    from dct_core.backends.model_loading import clip_tokenizer
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(cross_attention_dim=768, attention_head_dim=8, sample_size=64)
@@ -70,12 +70,12 @@ def measure(size: str, mode: str, threads: int) -> dict:
     import timm
     import torch
 
+    from dct_core.backends.diffusers_backend import DiffusersBackend
     from dct_core.classifiers import ImageClassifier, Preprocess
     from dct_core.config import SamplingConfig, TrainConfig
-    from dct_core.diffusers_backend import DiffusersBackend
-    from dct_core.generation import generate_images
-    from dct_core.tiny import tiny_pipeline
-    from dct_core.training import train_class_token
+    from dct_core.method.generation import generate_images
+    from dct_core.method.training import train_class_token
+    from dct_core.testing.tiny import tiny_pipeline
 
     torch.set_num_threads(threads)
     model, res, batch, steps = SIZES[size]

@@ -2,8 +2,8 @@
 
 from .config import SamplingConfig, TrainConfig
 from .errors import DCTError
-from .tokens import ClassToken, load_class_token, save_class_token
-from .training import TrainResult, train_class_token
+from .formats.tokens import ClassToken, load_class_token, save_class_token
+from .method.training import TrainResult, train_class_token
 
 __version__ = "0.1.0"
 

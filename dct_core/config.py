@@ -74,10 +74,7 @@ class TrainConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
     def validate(self) -> None:
-        from .prompts import check_templates
-
         check_all({f.name: getattr(self, f.name) for f in fields(self) if f.name != "sampling"})
-        check_templates(self.templates)
         self.sampling.validate()
         if self.backprop_depth > self.sampling.sampling_steps:
             raise DCTError(

@@ -13,11 +13,26 @@ Defaults live in the configs (the paper's) and in the recipes (``config.PRESETS`
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import DCTError
+
+TOKEN_MARK = "{token}"  # where the class token goes in a prompt template
+LABEL_MARK = "{label}"  # where the class name goes
+
+
+def check_templates(templates: Iterable[str]) -> None:
+    templates = list(templates)
+    if not templates:
+        raise DCTError("no prompt templates given; use e.g. 'A photo of {token} {label}'.")
+    for template in templates:
+        if template.count(TOKEN_MARK) != 1:
+            raise DCTError(
+                f"prompt template {template!r} must contain {TOKEN_MARK} exactly once, where the class "
+                "token goes; e.g. 'A photo of {token} {label}'."
+            )
 
 CLI, NODE, WEBUI = "cli", "node", "webui"
 ALL_FRONTS = (CLI, NODE, WEBUI)
@@ -49,6 +64,7 @@ class Setting:
     cli_flag: str = ""  # the CLI's spelling where it is not --<name> (a repeatable --template)
     widget_max: float | None = None  # a UI slider's end where the bound is open-ended
     widget_step: float | None = None
+    extra_check: Callable[[Any], None] | None = None  # what bounds cannot say (a template's {token})
     node_unset: float = 0  # the number a node widget shows for "unset" (-1 where 0 is a value of its own)
 
     @property
@@ -72,7 +88,7 @@ SETTINGS: tuple[Setting, ...] = (
     _s("init_word", "text", "Word whose embedding starts the token ('a' as the paper for ImageNet; a related word "
        "such as 'bird' helps a bird classifier)", from_recipe=True, metadata=True),
     _s("templates", "lines", "Training prompts with {token} and {label}", from_recipe=True, metadata=True,
-       cli_flag="--template"),
+       cli_flag="--template", extra_check=check_templates),
     _s("lr", "float", "AdamW learning rate on the token only", low=0, low_open=True, from_recipe=True,
        metadata=True, widget_max=1.0, widget_step=1e-5),
     _s("batch_size", "int", "Images (seeds) per optimization step", low=1, from_recipe=True, metadata=True,
@@ -221,6 +237,8 @@ def check(name: str, value: Any) -> None:
             _number(s, end, f"{s.name} {value!r}: each end")
         if lo > hi:
             raise DCTError(f"{s.name} {value!r} must be two fractions start <= end.")
+    if s.extra_check is not None:
+        s.extra_check(value)
 
 
 def check_all(values: dict[str, Any]) -> None:

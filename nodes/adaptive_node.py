@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from dct_core.adaptive import AdaptiveConfig, class_score, date_adapt
 from dct_core.errors import DCTError
+from dct_core.method.adaptive import AdaptiveConfig, class_score, date_adapt
 from dct_core.settings import setting
 
 from . import host

@@ -13,10 +13,10 @@ from typing import Any
 
 import torch
 
-from dct_core.backend import Conditioning, Trajectory, Vectors
 from dct_core.config import SamplingConfig
 from dct_core.errors import DCTError
-from dct_core.prompts import TOKEN_MARK
+from dct_core.method.backend import Conditioning, Trajectory, Vectors
+from dct_core.method.prompts import TOKEN_MARK
 
 from . import host
 from .host_autograd import gradient_checkpointing, trainable_weights
@@ -69,7 +69,7 @@ def _grad_tail_sampler(checkpoint: bool, patcher=None):
 
 
 class ComfyBackend:
-    """Implements dct_core.backend.Backend. Call inside ``autograd_enabled()`` and ``out_of_place_clip()``.
+    """Implements dct_core.method.backend.Backend. Call inside ``autograd_enabled()`` and ``out_of_place_clip()``.
 
     A MODEL loaded with dynamic VRAM (2026 hosts) trains through its non-dynamic delegate, as core's own trainer
     does; a dynamic text encoder (or VAE, when it gives the training signal) is refused with the switch to use."""

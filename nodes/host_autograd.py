@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from dct_core.checkpointing import block_checkpointing, checkpoint_units
+from dct_core.method.checkpointing import block_checkpointing, checkpoint_units
 
 from . import host
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from dct_core.errors import DCTError
-from dct_core.tokens import ClassToken, load_class_token, sanitize_name, save_class_token, validate_class_token
+from dct_core.formats.tokens import ClassToken, load_class_token, sanitize_name, save_class_token, validate_class_token
 
 from . import folders
 from .host_api import io, ui

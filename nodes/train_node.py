@@ -11,11 +11,11 @@ import inspect
 
 from dct_core.config import DEFAULT_PRESET, PRESETS, config_values
 from dct_core.errors import DCTError
-from dct_core.images import make_grid
-from dct_core.plot import training_plot
-from dct_core.run import RunHooks, RunPlan, TrainJob, before_after, execute, plan_run
+from dct_core.formats.images import make_grid
+from dct_core.formats.plot import training_plot
+from dct_core.formats.tokens import sanitize_name, token_path
+from dct_core.jobs.run import RunHooks, RunPlan, TrainJob, before_after, execute, plan_run
 from dct_core.settings import setting
-from dct_core.tokens import sanitize_name, token_path
 
 from . import folders, host
 from .comfy_backend import ComfyBackend

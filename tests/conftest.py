@@ -7,10 +7,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 torch.set_num_threads(1)  # two 2-thread processes on 2 cores collapse throughput: tests run beside other jobs
 
+from dct_core.backends.diffusers_backend import DiffusersBackend  # noqa: E402
 from dct_core.config import SamplingConfig  # noqa: E402
-from dct_core.diffusers_backend import DiffusersBackend  # noqa: E402
-from dct_core.generation import generate_images  # noqa: E402
-from dct_core.tiny import TINY_LABELS, tiny_classifier, tiny_pipeline  # noqa: E402
+from dct_core.method.generation import generate_images  # noqa: E402
+from dct_core.testing.tiny import TINY_LABELS, tiny_classifier, tiny_pipeline  # noqa: E402
 
 TINY_SAMPLING = SamplingConfig(resolution=32, sampling_steps=4, guidance=7.0)
 

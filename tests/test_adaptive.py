@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from conftest import TINY_SAMPLING
-from dct_core.adaptive import AdaptiveConfig, adaptive_generate, class_score, date_adapt
 from dct_core.errors import DCTError
-from dct_core.freezing import frozen
-from dct_core.generation import generate_images
+from dct_core.method.adaptive import AdaptiveConfig, adaptive_generate, class_score, date_adapt
+from dct_core.method.freezing import frozen
+from dct_core.method.generation import generate_images
 
 PROMPTS = ["a photo of a tiger cat"] * 4
 SEEDS = [20, 21, 22, 23]
@@ -76,7 +76,7 @@ def test_adaptive_sampling_raises_the_target_probability(sd1_world):
 
 def test_token_target_moves_only_the_class_token_positions(sd1_world):
     backend, classifier = sd1_world
-    from dct_core.adaptive import adapt_conditioning
+    from dct_core.method.adaptive import adapt_conditioning
 
     vectors = backend.init_vectors("a", 1)
     prompts = ["a photo of {token} tiger cat"] * 2
@@ -98,9 +98,9 @@ def test_token_target_moves_only_the_class_token_positions(sd1_world):
 
 def test_only_chosen_steps_update_and_sdxl_pooled_moves_too():
     from conftest import calibrated_classifier
-    from dct_core.adaptive import adapt_conditioning
-    from dct_core.diffusers_backend import DiffusersBackend
-    from dct_core.tiny import tiny_pipeline
+    from dct_core.backends.diffusers_backend import DiffusersBackend
+    from dct_core.method.adaptive import adapt_conditioning
+    from dct_core.testing.tiny import tiny_pipeline
 
     backend = DiffusersBackend(tiny_pipeline("sdxl"))
     classifier = calibrated_classifier(backend)

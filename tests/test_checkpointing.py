@@ -6,7 +6,7 @@ from __future__ import annotations
 import timm
 import torch
 
-from dct_core.checkpointing import block_checkpointing, checkpoint_units
+from dct_core.method.checkpointing import block_checkpointing, checkpoint_units
 
 
 def _grad(model: torch.nn.Module, x: torch.Tensor, units=None) -> tuple[torch.Tensor, int]:

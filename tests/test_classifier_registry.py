@@ -9,7 +9,7 @@ from dct_core import registry
 from dct_core.classifiers import ImageClassifier, Preprocess, load_classifier
 from dct_core.classifiers.label_lookup import labels_for, quick_labels
 from dct_core.errors import DCTError
-from dct_core.frechet import classifier_features
+from dct_core.method.frechet import classifier_features
 from dct_core.registry import ClassifierOptions, ClassifierSource
 
 TOY_LABELS = ["red", "green", "blue"]
@@ -120,8 +120,8 @@ def test_generic_code_names_no_particular_kind():
     (and their documentation) name them."""
     import inspect
 
-    from dct_core import frechet
     from dct_core.classifiers import label_lookup, spec
+    from dct_core.method import frechet
 
     for module in (spec, label_lookup, frechet):
         code = "\n".join(line for line in inspect.getsource(module).splitlines()

@@ -10,13 +10,13 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import TINY_SAMPLING, EvilPickle, tiny_clip_model
+from dct_core.backends.diffusers_backend import DiffusersBackend
 from dct_core.classifiers import EnsembleClassifier, ImageClassifier, Preprocess, load_classifier, load_classifiers
 from dct_core.cli import main
 from dct_core.config import TrainConfig
-from dct_core.diffusers_backend import DiffusersBackend
 from dct_core.errors import DCTError
-from dct_core.tiny import TINY_LABELS, tiny_pipeline
-from dct_core.training import train_class_token
+from dct_core.method.training import train_class_token
+from dct_core.testing.tiny import TINY_LABELS, tiny_pipeline
 
 LABELS = ["tabby, tabby cat", "tiger cat", "kite", "iron", "warbler"]
 

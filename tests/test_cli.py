@@ -7,10 +7,10 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import calibrated_classifier
+from dct_core.backends.diffusers_backend import DiffusersBackend
 from dct_core.cli import main
-from dct_core.diffusers_backend import DiffusersBackend
-from dct_core.tiny import TINY_LABELS, tiny_pipeline
-from dct_core.tokens import load_class_token
+from dct_core.formats.tokens import load_class_token
+from dct_core.testing.tiny import TINY_LABELS, tiny_pipeline
 
 GEN = ["--resolution", "32", "--sampling-steps", "4", "--device", "cpu"]
 

@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from dct_core import dataset
 from dct_core.cli import main
-from dct_core.files import TEMP_SUFFIX
-from dct_core.tokens import ClassToken, save_class_token
+from dct_core.formats.files import TEMP_SUFFIX
+from dct_core.formats.tokens import ClassToken, save_class_token
+from dct_core.jobs import dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATES = ["a photo of a {token} {label}", "a {token} {label}"]

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from conftest import TINY_SAMPLING
-from dct_core.diffusers_backend import DiffusersBackend
-from dct_core.generation import generate_images
-from dct_core.tiny import tiny_pipeline
+from dct_core.backends.diffusers_backend import DiffusersBackend
+from dct_core.method.generation import generate_images
+from dct_core.testing.tiny import tiny_pipeline
 
 
 @pytest.mark.parametrize("kind,prediction", [("sd1", "epsilon"), ("sd1", "v_prediction"), ("sdxl", "epsilon")])

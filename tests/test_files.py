@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-import dct_core.files as files
+import dct_core.formats.files as files
 from dct_core.errors import DCTError
-from dct_core.files import TEMP_SUFFIX, atomic_write, probe_writable, remove_stale_temps, temp_name
+from dct_core.formats.files import TEMP_SUFFIX, atomic_write, probe_writable, remove_stale_temps, temp_name
 
 TEMP_RE = re.compile(r"^\.t\.bin\.\d+\.[0-9a-f]{8}\.dct-tmp$")
 

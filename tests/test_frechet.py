@@ -6,12 +6,12 @@ import torch
 from PIL import Image
 
 from conftest import tiny_clip_model
-from dct_core import frechet
 from dct_core.classifiers import EnsembleClassifier, ImageClassifier, Preprocess
 from dct_core.errors import DCTError
-from dct_core.frechet import classifier_features, frechet_distance, frechet_with_and_without
-from dct_core.reference_images import load_image_folder
-from dct_core.tiny import TINY_LABELS, tiny_classifier
+from dct_core.formats.reference_images import load_image_folder
+from dct_core.method import frechet
+from dct_core.method.frechet import classifier_features, frechet_distance, frechet_with_and_without
+from dct_core.testing.tiny import TINY_LABELS, tiny_classifier
 
 
 def _exact_moments(n, mean, variances, seed):

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from dct_core import library
 from dct_core.cli import main
-from dct_core.files import TEMP_SUFFIX
-from dct_core.tokens import load_class_token
+from dct_core.formats.files import TEMP_SUFFIX
+from dct_core.formats.tokens import load_class_token
+from dct_core.jobs import library
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--model", "world", "--classifier", "world:guide", "--batch-size", "2"]

@@ -14,8 +14,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)
 
-from dct_core.errors import DCTError  # noqa: E402
-from dct_core.model_loading import (  # noqa: E402
+from dct_core.backends.model_loading import (  # noqa: E402
     CONFIGS_DIR,
     KINDS,
     TOKENIZER_DIR,
@@ -24,6 +23,7 @@ from dct_core.model_loading import (  # noqa: E402
     load_pipeline,
     read_checkpoint_shapes,
 )
+from dct_core.errors import DCTError  # noqa: E402
 
 COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
 
@@ -425,7 +425,7 @@ def test_sd2_prediction_from_companion_yaml(full_shapes, tmp_path, caplog):
     assert detect_kind(sd2, name="model.safetensors", yaml=yaml) == "sd2-v"
     yaml.write_text("model:\n  params:\n    linear_start: 0.00085\n")
     assert detect_kind(sd2, name="model.safetensors", yaml=yaml) == "sd2"
-    with caplog.at_level(logging.WARNING, logger="dct_core.model_loading"):
+    with caplog.at_level(logging.WARNING, logger="dct_core.backends.model_loading"):
         assert detect_kind(sd2, name="model.safetensors") == "sd2-v"
     assert "kind='sd2'" in caplog.text
 

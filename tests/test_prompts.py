@@ -1,8 +1,8 @@
 import pytest
 
+from dct_core.backends.model_loading import clip_tokenizer
 from dct_core.errors import DCTError
-from dct_core.model_loading import clip_tokenizer
-from dct_core.prompts import check_templates, prompts_for_batch, strip_token, tokenize_with_slots
+from dct_core.method.prompts import check_templates, prompts_for_batch, strip_token, tokenize_with_slots
 
 
 def test_prompt_without_marker_tokenizes_like_the_tokenizer():

@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from conftest import TINY_SAMPLING
-from dct_core.adaptive import AdaptiveConfig, adapt_conditioning, class_score, date_update
 from dct_core.config import DEFAULT_PRESET, PAPER_TEMPLATES, PRESETS, SamplingConfig, TrainConfig, preset_config
 from dct_core.errors import DCTError
+from dct_core.formats.tokens import load_class_token
+from dct_core.jobs.run import METADATA_FORMAT, METADATA_KEYS, TrainJob, run_training
+from dct_core.method.adaptive import AdaptiveConfig, adapt_conditioning, class_score, date_update
 from dct_core.registry import classifier_source, named_model
-from dct_core.run import METADATA_FORMAT, METADATA_KEYS, TrainJob, run_training
-from dct_core.tokens import load_class_token
 
 
 def test_the_paper_preset_is_the_dataclass_defaults_and_unset_overrides_keep_them():
@@ -88,7 +88,7 @@ def test_date_update_moves_each_image_by_rho_whatever_the_others_gradients():
 
 
 def test_the_engine_update_is_date_update_per_image(sd1_world, monkeypatch):
-    import dct_core.adaptive as adaptive
+    import dct_core.method.adaptive as adaptive
 
     backend, classifier = sd1_world
     seen = []

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from dct_core.adaptive import AdaptiveConfig
 from dct_core.cli import build_parser, main
 from dct_core.config import SamplingConfig, TrainConfig, preset_config
 from dct_core.errors import DCTError
-from dct_core.run import METADATA_KEYS
+from dct_core.jobs.run import METADATA_KEYS
+from dct_core.method.adaptive import AdaptiveConfig
 from dct_core.settings import BY_NAME, CLI, NODE, SETTINGS, check, metadata_names
 
 DOCS = Path(__file__).resolve().parents[1] / "web" / "docs"

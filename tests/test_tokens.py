@@ -10,13 +10,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import dct_core.files as files
-import dct_core.tokens as tokens
+import dct_core.formats.files as files
+import dct_core.formats.tokens as tokens
 from conftest import EvilPickle
-from dct_core.diffusers_backend import DiffusersBackend
+from dct_core.backends.diffusers_backend import DiffusersBackend
 from dct_core.errors import DCTError, TokenSaveError
-from dct_core.tiny import tiny_pipeline
-from dct_core.tokens import (
+from dct_core.formats.tokens import (
     ClassToken,
     check_save_target,
     load_class_token,
@@ -25,6 +24,7 @@ from dct_core.tokens import (
     token_path,
     validate_class_token,
 )
+from dct_core.testing.tiny import tiny_pipeline
 
 CLI_HINT = "pass --overwrite to replace it or choose another --out"
 NODE_HINT = "enable 'overwrite' or change save_name"
@@ -92,7 +92,7 @@ def test_writes_are_atomic_and_never_overwrite_silently(tmp_path):
 
 
 def test_a_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
-    import dct_core.tokens as tokens
+    import dct_core.formats.tokens as tokens
 
     def broken(*_a, **_k):
         raise OSError("disk full")

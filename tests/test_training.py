@@ -4,13 +4,13 @@ import pytest
 import torch
 
 from conftest import TINY_SAMPLING, assert_same_state, calibrated_classifier, state_fingerprint
+from dct_core.backends.diffusers_backend import DiffusersBackend
 from dct_core.config import TrainConfig
-from dct_core.diffusers_backend import DiffusersBackend
 from dct_core.errors import DCTError
-from dct_core.generation import generate_images, topk_accuracy
-from dct_core.prompts import prompts_for_batch
-from dct_core.tiny import tiny_pipeline
-from dct_core.training import train_class_token
+from dct_core.method.generation import generate_images, topk_accuracy
+from dct_core.method.prompts import prompts_for_batch
+from dct_core.method.training import train_class_token
+from dct_core.testing.tiny import tiny_pipeline
 
 FAST = dict(batch_size=2, lr=0.1, sampling=TINY_SAMPLING, accuracy_threshold=1.0)
 
@@ -215,7 +215,7 @@ def test_validation_picks_the_returned_token_and_drives_the_stop(sd1_world):
 
 
 def test_the_enough_prob_margin_leaves_confident_images_alone():
-    from dct_core.training import _Judge
+    from dct_core.method.training import _Judge
 
     class Flat:
         multi_label = False
@@ -239,7 +239,7 @@ def test_norm_cap_keeps_the_token_near_the_vocabulary_scale(sd1_world):
 
 def test_the_threshold_counts_a_window_of_steps_not_one_lucky_batch(sd1_world, monkeypatch):
     backend, classifier = sd1_world
-    import dct_core.training as training
+    import dct_core.method.training as training
 
     hits = iter([2, 0, 2, 2, 2, 2])  # accuracy per step: 1.0, 0.0, 1.0, 1.0, ...
 

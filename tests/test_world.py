@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from dct_core.demo import run_demo
-from dct_core.evaluation import WITH, WITHOUT
+from dct_core.jobs.demo import run_demo
+from dct_core.method.evaluation import WITH, WITHOUT
 from dct_core.world import WEIGHTS_DIR, load_world_backend, load_world_classifier
 from dct_core.world.classifier_training import accuracy
 from dct_core.world.facts import DEMO_CLASSES

@@ -109,7 +109,7 @@ def load_clip_classifier(folder: str | Path, labels=None, *, template: str = DEF
     if (folder / "vocab.json").is_file():
         tokenizer = CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
     else:
-        from ..model_loading import clip_tokenizer  # the CLIP BPE vocabulary shipped with the package
+        from ..formats.clip_vocab import clip_tokenizer  # the CLIP BPE vocabulary shipped with the package
 
         tokenizer = clip_tokenizer()
     names = _label_names(labels)

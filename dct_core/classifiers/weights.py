@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from ..errors import DCTError
-from ..safe_load import WEIGHTS, read_tensors
+from ..formats.safe_load import WEIGHTS, read_tensors
 
 _WRAPPERS = ("state_dict", "model", "model_state_dict", "ema")  # common training-checkpoint wrappers
 

@@ -14,7 +14,7 @@ HELP = ("draw N images per token of a library into an ImageFolder tree with a ma
 
 
 def add_parser(sub) -> None:
-    from ..dataset import FIRST_SEED
+    from ..jobs.dataset import FIRST_SEED
 
     p = sub.add_parser("dataset", help=HELP)
     options.add_model(p)
@@ -32,10 +32,10 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from ..backends.runtime import resolve_device
     from ..config import SamplingConfig
-    from ..distributed import process_group
+    from ..jobs.distributed import process_group
     from ..registry import named_model
-    from ..runtime import resolve_device
 
     with process_group() as ranks:
         device = ranks.device() if args.device == "auto" else resolve_device(args.device)
@@ -46,7 +46,7 @@ def run(args) -> int:
         def log(msg: str) -> None:
             print(f"[rank {ranks.rank}] {msg}" if ranks.world_size > 1 else msg, file=sys.stderr, flush=True)
 
-        from ..dataset import write_dataset
+        from ..jobs.dataset import write_dataset
 
         summary = write_dataset(backend, args.library, args.out, args.images_per_class, args.prompt_template,
                                 args.without_tokens, args.seed, ranks, sampling=sampling, model=args.model, log=log)

@@ -30,7 +30,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from ..config import preset_config
-    from ..demo import format_table, run_demo
+    from ..jobs.demo import format_table, run_demo
 
     print("dct demo: class tokens on the built-in demo world (CPU, no download)", file=sys.stderr)
     bar, on_step = step_printer(args.max_steps or preset_config(args.recipe).max_steps)

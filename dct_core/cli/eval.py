@@ -36,9 +36,9 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from ..classifiers import load_classifier
-    from ..evaluation import compare_with_token, token_quality
+    from ..formats.tokens import load_class_token
+    from ..method.evaluation import compare_with_token, token_quality
     from ..registry import named_model
-    from ..tokens import load_class_token
 
     sampling = options.sampling(args)
     templates = tuple(args.templates or PAPER_TEMPLATES)
@@ -88,13 +88,13 @@ def _reference_images(args, named, label: str, resolution: int):
             raise DCTError("--reference model needs a built-in model with real images (e.g. --model world); "
                            "otherwise give a folder of real images of the class.")
         return named.reference_images(label, args.num_images)
-    from ..reference_images import load_image_folder
+    from ..formats.reference_images import load_image_folder
 
     return load_image_folder(args.reference, size=resolution)
 
 
 def format_eval(report: dict) -> str:
-    from ..evaluation import WITH, WITHOUT
+    from ..method.evaluation import WITH, WITHOUT
 
     lines = [f"class {report['class_index']} {report['class_label']!r}, {report['num_images']} images"]
     lines.append(f"{'judged by':<40}{'condition':<16}{'top-1':>8}{'top-5':>8}")

@@ -32,7 +32,7 @@ def add_parser(sub) -> None:
 
 def adaptive_config(args):
     """The DATE config of the options given (the rest: the config's defaults)."""
-    from ..adaptive import AdaptiveConfig
+    from ..method.adaptive import AdaptiveConfig
 
     config = AdaptiveConfig(**options.given(args, in_section(DATE, front=CLI)))
     config.validate()
@@ -40,10 +40,10 @@ def adaptive_config(args):
 
 
 def run(args) -> int:
-    from ..generation import generate_images
-    from ..images import make_grid, save_image, to_pil
-    from ..prompts import TOKEN_MARK, strip_token
-    from ..tokens import load_class_token
+    from ..formats.images import make_grid, save_image, to_pil
+    from ..formats.tokens import load_class_token
+    from ..method.generation import generate_images
+    from ..method.prompts import TOKEN_MARK, strip_token
 
     sampling = options.sampling(args)
     token = load_class_token(args.token) if args.token else None
@@ -65,7 +65,7 @@ def run(args) -> int:
         vectors = {k: v.to(backend.device) for k, v in token.for_encoders(backend.encoders).items()}
         rows["with-token"] = generate_images(backend, [args.prompt] * len(seeds), seeds, sampling, vectors)
     if adaptive is not None:
-        from ..adaptive import adaptive_generate, class_score
+        from ..method.adaptive import adaptive_generate, class_score
 
         config, classifier, target = adaptive
         classifier.to(backend.device)

@@ -26,8 +26,8 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..distributed import process_group
-    from ..library import INDEX_NAME, LibrarySettings, build_library, format_summary, select_classes
+    from ..jobs.distributed import process_group
+    from ..jobs.library import INDEX_NAME, LibrarySettings, build_library, format_summary, select_classes
     from ..registry import named_model
 
     named = named_model(args.model)

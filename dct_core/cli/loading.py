@@ -9,10 +9,10 @@ from ..classifiers import Classifier
 
 def load_backend(args: argparse.Namespace, device=None):
     """The backend for ``--model``: a built-in model by name, else a diffusers folder or checkpoint file."""
-    from ..diffusers_backend import DiffusersBackend
-    from ..model_loading import load_pipeline
+    from ..backends.diffusers_backend import DiffusersBackend
+    from ..backends.model_loading import load_pipeline
+    from ..backends.runtime import resolve_device, resolve_dtype
     from ..registry import named_model
-    from ..runtime import resolve_device, resolve_dtype
 
     device = device if device is not None else resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)

@@ -42,7 +42,7 @@ def step_printer(total: int, preview_dir: Path | None = None, every: int = 0):
         tqdm.write(f"step {record.step:3d}  loss {record.loss:.4f}  accuracy {record.accuracy:.2f}  "
                    f"p(target) {record.target_prob:.3f}  {record.seconds:.2f}s", file=sys.stderr)
         if preview_dir is not None and every and record.step % every == 0:
-            from ..images import make_grid, save_image
+            from ..formats.images import make_grid, save_image
 
             save_image(make_grid([images]), preview_dir / f"step-{record.step:04d}.png")
 

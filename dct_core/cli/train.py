@@ -26,8 +26,8 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..run import RunHooks, TrainJob, execute, plan_run
-    from ..tokens import check_save_target, sanitize_name
+    from ..formats.tokens import check_save_target, sanitize_name
+    from ..jobs.run import RunHooks, TrainJob, execute, plan_run
 
     config = options.train_config(args)
     out = Path(args.out)

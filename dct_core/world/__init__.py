@@ -35,7 +35,7 @@ def _require(path: Path) -> Path:
 def load_world_backend(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                        folder: str | Path | None = None):
     """A DiffusersBackend over the world's text-to-image model."""
-    from ..diffusers_backend import DiffusersBackend
+    from ..backends.diffusers_backend import DiffusersBackend
     from .model import load_world_pipeline
 
     return DiffusersBackend(load_world_pipeline(_require(Path(folder or WEIGHTS_DIR)), device=device, dtype=dtype))

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import DCTError
-from ..files import atomic_write
+from ..formats.files import atomic_write
 from .classifier_training import PRETRAINED_CFG, degrade
 from .scenes import CLASSES, COLOR_NAMES, render_with_attributes
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..files import atomic_write
+from ..formats.files import atomic_write
 from .classifier_zoo import ClassifierSpec
 from .scenes import LABELS, RESOLUTION, sample_scenes
 

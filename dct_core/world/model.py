@@ -17,7 +17,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.autoencoders.vae import DecoderOutput
 from diffusers.models.modeling_utils import ModelMixin
 
-from ..model_loading import clip_tokenizer
+from ..formats.clip_vocab import clip_tokenizer
 from .scenes import RESOLUTION
 
 TEXT_WIDTH = 64

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ..model_loading import clip_tokenizer
+from ..formats.clip_vocab import clip_tokenizer
 from .scenes import sample_scenes
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..files import atomic_write
+from ..formats.files import atomic_write
 from .classifier_training import train_classifier
 from .classifier_zoo import CLASSIFIERS
 from .model import SpaceToDepthAutoencoder, build_scheduler, build_text_encoder, build_unet, load_world_pipeline
@@ -57,7 +57,7 @@ def train_diffusion(out: Path, *, steps: int, batch: int, lr: float, seed: int, 
             module.load_state_dict({k: v.float() for k, v in load_file(init_from / f"{name}.safetensors").items()})
     unet.train(), text_encoder.train()
     vae, scheduler = SpaceToDepthAutoencoder(), build_scheduler()
-    from ..model_loading import clip_tokenizer
+    from ..formats.clip_vocab import clip_tokenizer
 
     tokenizer = clip_tokenizer()
     params = list(unet.parameters()) + list(text_encoder.parameters())
@@ -110,7 +110,7 @@ def train_diffusion(out: Path, *, steps: int, batch: int, lr: float, seed: int, 
 def record_baseline(folder: Path, num_images: int = 32) -> dict:
     """Top-1/top-5 of the demo classes without a token (the demo's prompts and first fresh seeds), under both
     classifiers: the committed weights must reproduce these numbers."""
-    from ..evaluation import WITHOUT, compare_with_token
+    from ..method.evaluation import WITHOUT, compare_with_token
     from . import SAMPLING, load_world_backend, load_world_classifier
     from .facts import DEMO_CLASSES, DEMO_TEMPLATES, EVAL_FIRST_SEED
 

@@ -106,7 +106,7 @@ def server(host, sd15_checkpoint, tmp_path_factory):
     import timm
     from safetensors.torch import save_file
 
-    from dct_core.tiny import TINY_LABELS
+    from dct_core.testing.tiny import TINY_LABELS
 
     from .server import ComfyServer
 

@@ -78,7 +78,7 @@ def with_training_options(api: dict, info: dict, **values) -> dict:
 
 
 def token_metadata(server, save_name: str) -> dict:
-    from dct_core.tokens import load_class_token
+    from dct_core.formats.tokens import load_class_token
 
     return load_class_token(server.models / "embeddings" / f"{save_name}.safetensors").metadata
 

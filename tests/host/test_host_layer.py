@@ -57,7 +57,7 @@ def test_trainable_weights_alias_the_hosts_tensors_without_a_copy_and_restore_th
 
 def _x0_grad(backend_cls, autograd, loaded, checkpoint: bool, decoder=None):
     from dct_core.config import SamplingConfig
-    from dct_core.prompts import TOKEN_MARK
+    from dct_core.method.prompts import TOKEN_MARK
 
     prompts = [f"a photo of a {TOKEN_MARK} cat"] * 2
     model, clip, vae = loaded

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dct_core.tokens import ClassToken, load_class_token
+from dct_core.formats.tokens import ClassToken, load_class_token
 
 SAMPLING = dict(cfg=7.0, sampler_name="euler", scheduler="normal", sampling_steps=3, resolution=64)
 # The legacy node's frozen widget names that the settings table (the Train node, the Options node) spells otherwise.
@@ -42,10 +42,10 @@ def _run(node, **inputs):
 
 @pytest.fixture(scope="module")
 def classifier(host, loaded):
-    """A tiny random classifier calibrated on images the host model draws (see dct_core.tiny)."""
+    """A tiny random classifier calibrated on images the host model draws (see dct_core.testing.tiny)."""
     from dct_core.config import SamplingConfig
-    from dct_core.generation import generate_images
-    from dct_core.tiny import TINY_LABELS, tiny_classifier
+    from dct_core.method.generation import generate_images
+    from dct_core.testing.tiny import TINY_LABELS, tiny_classifier
 
     backend_cls = _node(host, "comfy_backend", "ComfyBackend")
     autograd = _node(host, "host_autograd", "autograd_enabled")
@@ -93,7 +93,7 @@ def test_training_in_the_host_learns_saves_and_leaves_the_host_as_found(host, lo
     saved = host["models"] / "embeddings" / "tiger-cat-host.safetensors"
     meta = load_class_token(saved).metadata
     assert meta["class_label"] == "tiger cat"
-    from dct_core.run import METADATA_KEYS  # the node writes the same schema as the CLI and the demo
+    from dct_core.jobs.run import METADATA_KEYS  # the node writes the same schema as the CLI and the demo
 
     assert set(METADATA_KEYS) <= set(meta) and meta["sampler"] == "euler/normal" and meta["recipe"] == "paper"
 
@@ -106,8 +106,8 @@ def test_training_in_the_host_learns_saves_and_leaves_the_host_as_found(host, lo
 
 
 def test_training_raises_the_target_probability_on_the_training_seeds(host, loaded, classifier, monkeypatch):
-    import dct_core.run as run_mod
-    from dct_core.training import train_class_token
+    import dct_core.jobs.run as run_mod
+    from dct_core.method.training import train_class_token
 
     records = []
     legacy = _node(host, "legacy_train_node", "TrainClassToken")
@@ -127,8 +127,8 @@ def test_training_raises_the_target_probability_on_the_training_seeds(host, load
 
 def _engine_configs(monkeypatch) -> list:
     """The TrainConfig of every training the node starts, recorded where the run layer calls the engine."""
-    import dct_core.run as run_mod
-    from dct_core.training import train_class_token
+    import dct_core.jobs.run as run_mod
+    from dct_core.method.training import train_class_token
 
     configs: list = []
 
@@ -156,7 +156,7 @@ def test_the_file_loads_through_embedding_syntax_like_apply_class_token(host, lo
     model, clip, vae = loaded
     g = torch.Generator().manual_seed(0)
     token = ClassToken({"clip_l": torch.randn(1, 768, generator=g) * 0.02}, name="dct-file-test")
-    from dct_core.tokens import save_class_token
+    from dct_core.formats.tokens import save_class_token
 
     save_class_token(token, host["models"] / "embeddings" / "dct-file-test.safetensors", overwrite=True)
     apply = _node(host, "token_nodes", "ApplyClassToken")
@@ -280,7 +280,7 @@ def test_a_taesd_decoder_from_vae_approx_gives_the_training_signal(host, loaded,
 def test_load_class_token_rereads_a_retrained_file_and_names_it_after_the_file(host):
     import os
 
-    from dct_core.tokens import save_class_token
+    from dct_core.formats.tokens import save_class_token
 
     load = _node(host, "token_nodes", "LoadClassToken")
     path = host["models"] / "embeddings" / "renamed-file.safetensors"
@@ -332,13 +332,13 @@ def test_adaptive_class_guidance_patch_in_a_stock_ksampler(host, loaded, classif
 
 
 def test_the_node_date_step_is_the_engines_and_moves_each_image_by_rho(host, loaded, classifier, monkeypatch):
-    """The node runs the engine's DATE loop, whose step is dct_core.adaptive.date_update (per-image norm), not an
+    """The node runs the engine's DATE loop, whose step is dct_core.method.adaptive.date_update (per-image norm), not an
     update of its own."""
-    import dct_core.adaptive as module
+    import dct_core.method.adaptive as module
     import nodes as host_nodes
 
     adaptive_node = _node(host, "adaptive_node", "AdaptiveClassGuidance")
-    from dct_core.adaptive import date_update
+    from dct_core.method.adaptive import date_update
 
     moves = []
 
@@ -364,9 +364,9 @@ def test_the_node_date_step_is_the_engines_and_moves_each_image_by_rho(host, loa
 
 def test_the_engines_adaptive_sampling_runs_on_the_host_backend(host, loaded, classifier):
     """ComfyBackend fulfils the whole Backend contract, predict_x0 included: DATE from the engine on the host."""
-    from dct_core.adaptive import AdaptiveConfig, adaptive_generate, class_score
     from dct_core.config import SamplingConfig
-    from dct_core.generation import generate_images
+    from dct_core.method.adaptive import AdaptiveConfig, adaptive_generate, class_score
+    from dct_core.method.generation import generate_images
 
     backend_cls = _node(host, "comfy_backend", "ComfyBackend")
     autograd = _node(host, "host_autograd", "autograd_enabled")
@@ -409,7 +409,7 @@ class _Stop(Exception):
 
 def _configs_only(monkeypatch) -> list:
     """(TrainConfig, token metadata) of every training the node starts; the training itself is skipped."""
-    import dct_core.run as run_mod
+    import dct_core.jobs.run as run_mod
 
     seen: list = []
 

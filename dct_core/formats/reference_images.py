@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import DCTError
+from ..errors import DCTError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 

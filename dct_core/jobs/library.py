@@ -24,16 +24,16 @@ from pathlib import Path
 
 import torch
 
-from .backend import Backend
-from .classifiers import Classifier
-from .config import DEFAULT_PRESET, TrainConfig
+from ..classifiers import Classifier
+from ..config import DEFAULT_PRESET, TrainConfig
+from ..errors import DCTError
+from ..formats.files import atomic_write, remove_stale_temps
+from ..formats.safe_load import read_safetensors_metadata
+from ..formats.tokens import TOKEN_FILE, load_class_token, sanitize_name
+from ..method.backend import Backend
+from ..method.training import StepRecord, TrainResult
 from .distributed import Ranks, barrier
-from .errors import DCTError
-from .files import atomic_write, remove_stale_temps
 from .run import RunHooks, TrainJob, run_training
-from .safe_load import read_safetensors_metadata
-from .tokens import TOKEN_FILE, load_class_token, sanitize_name
-from .training import StepRecord, TrainResult
 
 INDEX_NAME = "index.json"
 FAILED_DIR = ".failed"
@@ -226,7 +226,7 @@ def write_index(out: str | os.PathLike, selection: Sequence[LibraryClass] = ()) 
 def _held_out(backend: Backend, settings: LibrarySettings, label: str, prompt_label: str, vectors,
               config: TrainConfig) -> tuple[float, float]:
     """Top-1 of the held-out classifier on a few fresh seeds, with and without the token."""
-    from .evaluation import WITH, WITHOUT, compare_with_token
+    from ..method.evaluation import WITH, WITHOUT, compare_with_token
 
     assert settings.eval_classifier is not None
     settings.eval_classifier.to(backend.device)

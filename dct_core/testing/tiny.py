@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from .classifiers import ImageClassifier, Preprocess
-from .model_loading import clip_tokenizer
+from ..backends.model_loading import clip_tokenizer
+from ..classifiers import ImageClassifier, Preprocess
 
 TINY_RESOLUTION = 32
 

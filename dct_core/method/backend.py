@@ -13,7 +13,7 @@ from typing import Any, NamedTuple, Protocol
 
 import torch
 
-from .config import SamplingConfig
+from ..config import SamplingConfig
 
 
 class Conditioning(NamedTuple):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import DCTError
+from ..errors import DCTError
 
 _ZIP_MAGIC = b"PK\x03\x04"
 _LEGACY_PICKLES = 5  # torch's pre-1.6 format: magic, protocol, sys info, objects, storage keys

@@ -11,21 +11,11 @@ from collections.abc import Sequence
 
 import torch
 
-from .errors import DCTError
+from ..errors import DCTError
+from ..settings import LABEL_MARK, TOKEN_MARK, check_templates
 
-TOKEN_MARK = "{token}"
-LABEL_MARK = "{label}"
-
-
-def check_templates(templates: Sequence[str]) -> None:
-    if not templates:
-        raise DCTError("no prompt templates given; use e.g. 'A photo of {token} {label}'.")
-    for template in templates:
-        if template.count(TOKEN_MARK) != 1:
-            raise DCTError(
-                f"prompt template {template!r} must contain {TOKEN_MARK} exactly once, where the class "
-                "token goes; e.g. 'A photo of {token} {label}'."
-            )
+# The markers and the template check are the settings table's (a template is a setting users type).
+__all__ = ["LABEL_MARK", "TOKEN_MARK", "check_templates"]
 
 
 def fill_label(template: str, label: str) -> str:

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from .errors import DCTError, TokenSaveError
+from ..errors import DCTError, TokenSaveError
 from .files import atomic_write, probe_writable, temp_name
 from .safe_load import FileKind, read_safetensors_metadata, read_tensors
 

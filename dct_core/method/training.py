@@ -15,15 +15,15 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..classifiers import Classifier
+from ..config import TrainConfig
+from ..errors import DCTError
+from ..formats.tokens import ClassToken
 from .backend import Backend, Conditioning, Vectors
 from .checkpointing import block_checkpointing, checkpoint_units
-from .classifiers import Classifier
-from .config import TrainConfig
-from .errors import DCTError
 from .freezing import frozen
 from .generation import generate_images
 from .prompts import prompts_for_batch, strip_token
-from .tokens import ClassToken
 
 VALIDATION_FIRST_SEED = 1_000_000  # validation seeds: never among the training seeds
 

@@ -10,11 +10,11 @@ from typing import Any
 import torch
 from torch.utils.checkpoint import checkpoint as grad_checkpoint
 
-from .backend import Conditioning, Trajectory, Vectors
-from .config import SamplingConfig
-from .errors import DCTError
-from .prompts import tokenize_with_slots
-from .settings import check
+from ..config import SamplingConfig
+from ..errors import DCTError
+from ..method.backend import Conditioning, Trajectory, Vectors
+from ..method.prompts import tokenize_with_slots
+from ..settings import check
 
 
 @contextmanager

@@ -23,11 +23,11 @@ from typing import Any
 
 import torch
 
-from .classifiers import Classifier, EnsembleClassifier, ImageClassifier
-from .classifiers.features import FeatureFn
-from .classifiers.features import last_linear as _last_linear
-from .errors import DCTError
-from .registry import classifier_sources
+from ..classifiers import Classifier, EnsembleClassifier, ImageClassifier
+from ..classifiers.features import FeatureFn
+from ..classifiers.features import last_linear as _last_linear
+from ..errors import DCTError
+from ..registry import classifier_sources
 
 
 def feature_source(classifier: Classifier) -> ImageClassifier:

@@ -6,8 +6,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from ..config import SamplingConfig
 from .backend import Backend, Vectors
-from .config import SamplingConfig
 
 
 @torch.no_grad()

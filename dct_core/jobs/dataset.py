@@ -24,14 +24,14 @@ from pathlib import Path
 
 import torch
 
-from .backend import Backend
-from .config import PAPER_TEMPLATES, SamplingConfig
+from ..config import PAPER_TEMPLATES, SamplingConfig
+from ..errors import DCTError
+from ..formats.files import atomic_write
+from ..formats.tokens import TOKEN_SUFFIXES, ClassToken, load_class_token, sanitize_name
+from ..method.backend import Backend
+from ..method.prompts import check_templates, fill_label, strip_token
+from ..settings import check
 from .distributed import Ranks, barrier, ranks_from_env
-from .errors import DCTError
-from .files import atomic_write
-from .prompts import check_templates, fill_label, strip_token
-from .settings import check
-from .tokens import TOKEN_SUFFIXES, ClassToken, load_class_token, sanitize_name
 
 MANIFEST = "manifest.jsonl"
 FIRST_SEED = 300_000  # far from the seeds tokens train on (0, 1, ...) and from the world's evaluation seeds
@@ -132,7 +132,7 @@ def png_complete(path: Path) -> bool:
 def _png_bytes(image: torch.Tensor) -> bytes:
     import io
 
-    from .images import to_pil
+    from ..formats.images import to_pil
 
     buffer = io.BytesIO()
     to_pil(image).save(buffer, format="PNG")
@@ -213,7 +213,7 @@ def write_dataset(
 
 def generate_images_for(backend: Backend, prompts: list[str], seeds: list[int], sampling: SamplingConfig,
                         vectors, batch: int) -> torch.Tensor:
-    from .generation import generate_images
+    from ..method.generation import generate_images
 
     return generate_images(backend, prompts, seeds, sampling, vectors, chunk=batch)
 

@@ -21,16 +21,15 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .errors import DCTError
-from .safe_load import FileKind, read_safetensors_shapes, read_tensors
+from ..errors import DCTError
+from ..formats.clip_vocab import CONFIGS_DIR, TOKENIZER_DIR, clip_tokenizer  # noqa: F401  (re-exported)
+from ..formats.safe_load import FileKind, read_safetensors_shapes, read_tensors
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
 
 log = logging.getLogger(__name__)
 
-CONFIGS_DIR = Path(__file__).parent / "configs"
-TOKENIZER_DIR = CONFIGS_DIR / "clip_tokenizer"
 KINDS = ("sd1", "sd2", "sd2-v", "sdxl")
 PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth")
@@ -213,14 +212,6 @@ def _sd2_prediction(shapes: Mapping[str, Sequence[int]], name: str, yaml: str | 
         name or "the checkpoint",
     )
     return "sd2-v"
-
-
-def clip_tokenizer(pad_token: str = "<|endoftext|>"):
-    """The CLIP BPE tokenizer of SD from the shipped vocabulary; SD2 and SDXL's 2nd tokenizer pad with "!"."""
-    from transformers import CLIPTokenizer
-
-    vocab, merges = str(TOKENIZER_DIR / "vocab.json"), str(TOKENIZER_DIR / "merges.txt")
-    return CLIPTokenizer(vocab, merges, model_max_length=77, pad_token=pad_token)
 
 
 def _no_extras(cls) -> dict:

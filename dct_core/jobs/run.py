@@ -15,15 +15,15 @@ from pathlib import Path
 
 import torch
 
-from .backend import Backend, Vectors
-from .classifiers import Classifier
-from .config import DEFAULT_PRESET, SamplingConfig, TrainConfig, config_values
-from .errors import DCTError, TokenSaveError
-from .generation import generate_images
-from .prompts import fill_label, strip_token
-from .settings import SETTINGS, format_value, metadata_names
-from .tokens import check_save_target, save_class_token
-from .training import StepRecord, TrainResult, train_class_token
+from ..classifiers import Classifier
+from ..config import DEFAULT_PRESET, SamplingConfig, TrainConfig, config_values
+from ..errors import DCTError, TokenSaveError
+from ..formats.tokens import check_save_target, save_class_token
+from ..method.backend import Backend, Vectors
+from ..method.generation import generate_images
+from ..method.prompts import fill_label, strip_token
+from ..method.training import StepRecord, TrainResult, train_class_token
+from ..settings import SETTINGS, format_value, metadata_names
 
 METADATA_FORMAT = "dct-token/1"
 _JOB_KEYS: dict[str, str] = {

@@ -16,15 +16,14 @@ from pathlib import Path
 
 import torch
 
-from .config import DEFAULT_PRESET, TrainConfig, preset_config
-from .errors import DCTError
-from .evaluation import WITH, WITHOUT, compare_with_token, token_quality
-from .files import atomic_write
-from .images import make_grid, save_image
-from .run import RunHooks, TrainJob, run_training
-from .tokens import sanitize_name
-from .training import StepRecord
-from .world import (
+from ..config import DEFAULT_PRESET, TrainConfig, preset_config
+from ..errors import DCTError
+from ..formats.files import atomic_write
+from ..formats.images import make_grid, save_image
+from ..formats.tokens import sanitize_name
+from ..method.evaluation import WITH, WITHOUT, compare_with_token, token_quality
+from ..method.training import StepRecord
+from ..world import (
     SAMPLING,
     TRAIN_DEFAULTS,
     load_world_backend,
@@ -32,7 +31,8 @@ from .world import (
     reference_renders,
     variety_reader,
 )
-from .world.facts import DEMO_CLASSES, EVAL_FIRST_SEED, DemoClass
+from ..world.facts import DEMO_CLASSES, EVAL_FIRST_SEED, DemoClass
+from .run import RunHooks, TrainJob, run_training
 
 
 def demo_config(steps: int | None = None, backprop_depth: int | None = None, seed: int = 0,

@@ -15,12 +15,12 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from ..classifiers import Classifier
+from ..config import SamplingConfig
+from ..errors import DCTError
+from ..settings import check_all
 from .backend import Backend, Conditioning, Trajectory, Vectors
-from .classifiers import Classifier
-from .config import SamplingConfig
-from .errors import DCTError
 from .freezing import frozen
-from .settings import check_all
 
 
 @dataclass(frozen=True)

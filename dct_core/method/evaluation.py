@@ -7,9 +7,9 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
+from ..classifiers import Classifier
+from ..config import SamplingConfig
 from .backend import Backend, Vectors
-from .classifiers import Classifier
-from .config import SamplingConfig
 from .generation import generate_images, topk_accuracy
 from .prompts import prompts_for_batch, strip_token
 
