@@ -146,8 +146,8 @@ def measure(setting: str, args) -> dict:
         no_grad_steps = picks[-1] if picks else args.steps - config.backprop_depth
 
     def train():
-        autograd = importlib.import_module("dct_pack.nodes.host_autograd")
-        backend_mod = importlib.import_module("dct_pack.nodes.comfy_backend")
+        autograd = importlib.import_module("dct_pack.nodes.adapters.autograd")
+        backend_mod = importlib.import_module("dct_pack.nodes.adapters.comfy_backend")
         train_node = importlib.import_module("dct_pack.nodes.train_node")
         decoder = train_node._load_decoder(
             "taesd_decoder.safetensors" if s["decoder"] == "taesd" else train_node.CHECKPOINT_VAE, model)

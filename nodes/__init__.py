@@ -1,17 +1,18 @@
-"""ComfyUI glue: node schemas (V3, pinned through host_api), the host backend, folders. The engine is dct_core."""
+"""ComfyUI nodes: one module per node family (schemas and short bodies); what reaches the host is in adapters/. The
+engine is dct_core."""
 
 from __future__ import annotations
 
 
 def comfy_entrypoint():
     """Called by the host after import; registering folders here keeps paths from extra_model_paths.yaml."""
+    from .adapters.host_internals import log_missing
+    from .adapters.labels_route import register_routes
+    from .adapters.model_folders import register_classifier_folder
+    from .adapters.node_api import ComfyExtension
     from .adaptive_node import AdaptiveClassGuidance
     from .classifier_node import LoadClassifier
-    from .folders import register_classifier_folder
-    from .host import log_missing
-    from .host_api import ComfyExtension
     from .legacy_train_node import TrainClassToken
-    from .routes import register_routes
     from .token_nodes import ApplyClassToken, ClassTokenClip, LoadClassToken, SaveClassToken
     from .train_node import TrainToken
     from .training_options import TrainingOptionsNode

@@ -17,11 +17,11 @@ from dct_core.errors import DCTError
 from dct_core.method.adaptive import AdaptiveConfig, class_score, date_adapt
 from dct_core.settings import setting
 
-from . import host
-from .host_api import io
-from .host_autograd import autograd_enabled, trainable_weights
-from .settings_widgets import widget
-from .sockets import CATEGORY, ClassifierSocket
+from .adapters import host_internals as host
+from .adapters.autograd import autograd_enabled, trainable_weights
+from .adapters.node_api import io
+from .adapters.settings_widgets import widget
+from .adapters.sockets import CATEGORY, ClassifierSocket
 
 WRAPPER_KEY = "dct_date"
 

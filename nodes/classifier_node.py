@@ -8,9 +8,9 @@ from dct_core.classifiers import load_classifier
 from dct_core.errors import DCTError
 from dct_core.registry import AUTO_KIND, node_kinds, node_spec
 
-from . import folders
-from .host_api import io, ui
-from .sockets import CATEGORY, ClassifierSocket
+from .adapters import model_folders as folders
+from .adapters.node_api import io, ui
+from .adapters.sockets import CATEGORY, ClassifierSocket
 
 
 class LoadClassifier(io.ComfyNode):

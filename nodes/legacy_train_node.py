@@ -9,10 +9,10 @@ from typing import Any
 
 from dct_core.config import DEFAULT_PRESET, PRESETS, preset_config
 
-from . import host
-from .host_api import io
-from .settings_widgets import recipe_value
-from .sockets import CATEGORY
+from .adapters import host_internals as host
+from .adapters.node_api import io
+from .adapters.settings_widgets import recipe_value
+from .adapters.sockets import CATEGORY
 from .train_node import DISPLAY_NAME, deprecated, outputs, subject_inputs, train, unique_id
 from .training_options import CHECKPOINT_VAE, TrainingOptions, decoders
 

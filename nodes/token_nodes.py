@@ -7,10 +7,10 @@ import re
 from dct_core.errors import DCTError
 from dct_core.formats.tokens import ClassToken, load_class_token, sanitize_name, save_class_token, validate_class_token
 
-from . import folders
-from .host_api import io, ui
-from .sockets import CATEGORY, ClassTokenSocket
-from .token_registry import clip_with_token, text_models, token_registered, with_trigger
+from .adapters import model_folders as folders
+from .adapters.node_api import io, ui
+from .adapters.sockets import CATEGORY, ClassTokenSocket
+from .adapters.tokenizer_hook import clip_with_token, text_models, token_registered, with_trigger
 
 SAVE_HINT = "enable 'overwrite' or change 'name'"
 

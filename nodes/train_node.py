@@ -17,13 +17,14 @@ from dct_core.formats.tokens import sanitize_name, token_path
 from dct_core.jobs.run import RunHooks, RunPlan, TrainJob, before_after, execute, plan_run
 from dct_core.settings import setting
 
-from . import folders, host
-from .comfy_backend import ComfyBackend
-from .host_api import io, ui
-from .host_autograd import autograd_enabled, out_of_place_clip, trainable_weights
-from .images import captioned, pil_to_host_image
-from .settings_widgets import describe, widget
-from .sockets import CATEGORY, ClassifierSocket, ClassTokenSocket, TrainingOptionsSocket
+from .adapters import host_internals as host
+from .adapters import model_folders as folders
+from .adapters.autograd import autograd_enabled, out_of_place_clip, trainable_weights
+from .adapters.comfy_backend import ComfyBackend
+from .adapters.images import captioned, pil_to_host_image
+from .adapters.node_api import io, ui
+from .adapters.settings_widgets import describe, widget
+from .adapters.sockets import CATEGORY, ClassifierSocket, ClassTokenSocket, TrainingOptionsSocket
 from .training_options import CHECKPOINT_VAE, TrainingOptions
 
 OVERWRITE_HINT = "enable 'overwrite' or change save_name"

@@ -16,10 +16,10 @@ from dct_core.config import TrainConfig, preset_config
 from dct_core.errors import DCTError
 from dct_core.settings import BACKEND, GENERATION, PROGRESS, TRAINING, setting
 
-from .host import sampler_names, scheduler_names
-from .host_api import io
-from .settings_widgets import from_widgets, node_settings, widget
-from .sockets import CATEGORY, TrainingOptionsSocket
+from .adapters.host_internals import sampler_names, scheduler_names
+from .adapters.node_api import io
+from .adapters.settings_widgets import from_widgets, node_settings, widget
+from .adapters.sockets import CATEGORY, TrainingOptionsSocket
 
 CHECKPOINT_VAE = "checkpoint VAE"
 # What the node-only settings are when no options node says otherwise.

@@ -1,7 +1,7 @@
 """Block-level gradient checkpointing of any module by its blocks (no model-specific switch needed): each unit
 keeps only its inputs during the forward and recomputes its activations during backward.
 
-The host layer (nodes/host_autograd.py) builds on it for ComfyUI's UNet, text encoder and decoder; the engine
+The host layer (nodes/adapters/autograd.py) builds on it for ComfyUI's UNet, text encoder and decoder; the engine
 uses it for the classifier.
 """
 

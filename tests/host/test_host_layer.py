@@ -14,11 +14,11 @@ def _mod(name):
 
 
 def test_every_host_internal_the_pack_uses_is_there_on_the_tested_host(host):
-    assert _mod("host").missing() == []
+    assert _mod("adapters.host_internals").missing() == []
 
 
 def test_a_missing_internal_is_one_clear_error_naming_the_supported_versions(host, monkeypatch):
-    h = _mod("host")
+    h = _mod("adapters.host_internals")
     monkeypatch.setitem(h.INTERNALS, "Sampler", ("comfy.samplers", "NoSuchSampler", "the training step"))
     with pytest.raises(h.HostMismatch) as err:
         h.require("Sampler")
@@ -28,19 +28,20 @@ def test_a_missing_internal_is_one_clear_error_naming_the_supported_versions(hos
 
 
 def test_no_node_module_imports_a_host_internal_directly():
-    """comfy.* is reached through nodes/host.py only (the public folder_paths / server / comfy_api aside)."""
+    """comfy.* is reached through nodes/adapters/host_internals.py only (the public folder_paths / server /
+    comfy_api aside)."""
     import re
     from pathlib import Path
 
     nodes_dir = Path(__file__).resolve().parents[2] / "nodes"
-    offenders = [f"{path.name}: {line.strip()}" for path in nodes_dir.glob("*.py") if path.name != "host.py"
+    offenders = [f"{path.name}: {line.strip()}" for path in nodes_dir.rglob("*.py") if path.name != "host_internals.py"
                  for line in path.read_text().splitlines()
                  if re.match(r"(import|from) comfy(\.|\s|$)", line.strip())]
     assert offenders == []
 
 
 def test_trainable_weights_alias_the_hosts_tensors_without_a_copy_and_restore_them(host):
-    autograd = _mod("host_autograd")
+    autograd = _mod("adapters.autograd")
     with torch.inference_mode():
         layer = torch.nn.Linear(3, 4)
     weight, bias = layer.weight, layer.bias
@@ -75,8 +76,8 @@ def _x0_grad(backend_cls, autograd, loaded, checkpoint: bool, decoder=None):
 
 
 def test_gradient_checkpointing_gives_the_same_gradient_and_restores_every_forward(host, loaded, monkeypatch):
-    backend_cls = _mod("comfy_backend").ComfyBackend
-    autograd, h = _mod("host_autograd"), _mod("host")
+    backend_cls = _mod("adapters.comfy_backend").ComfyBackend
+    autograd, h = _mod("adapters.autograd"), _mod("adapters.host_internals")
     model, clip, vae = loaded
     units = autograd.checkpoint_units(model.model.diffusion_model)
     assert len(units) > 5 and not any("forward" in u.__dict__ for u in units)
@@ -105,7 +106,7 @@ class _Patcher:
 
 
 def test_a_dynamic_vram_model_trains_through_its_static_delegate_or_is_refused_with_the_switch(host):
-    h = _mod("host")
+    h = _mod("adapters.host_internals")
     static = _Patcher(False)
     assert h.static_model(static) is static
     assert h.static_model(_Patcher(True, delegate=static)) is static

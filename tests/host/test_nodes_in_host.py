@@ -47,8 +47,8 @@ def classifier(host, loaded):
     from dct_core.method.generation import generate_images
     from dct_core.testing.tiny import TINY_LABELS, tiny_classifier
 
-    backend_cls = _node(host, "comfy_backend", "ComfyBackend")
-    autograd = _node(host, "host_autograd", "autograd_enabled")
+    backend_cls = _node(host, "adapters.comfy_backend", "ComfyBackend")
+    autograd = _node(host, "adapters.autograd", "autograd_enabled")
     model, clip, vae = loaded
     with torch.inference_mode(), autograd():
         backend = backend_cls(model, clip, vae)
@@ -368,9 +368,9 @@ def test_the_engines_adaptive_sampling_runs_on_the_host_backend(host, loaded, cl
     from dct_core.method.adaptive import AdaptiveConfig, adaptive_generate, class_score
     from dct_core.method.generation import generate_images
 
-    backend_cls = _node(host, "comfy_backend", "ComfyBackend")
-    autograd = _node(host, "host_autograd", "autograd_enabled")
-    out_of_place = _node(host, "host_autograd", "out_of_place_clip")
+    backend_cls = _node(host, "adapters.comfy_backend", "ComfyBackend")
+    autograd = _node(host, "adapters.autograd", "autograd_enabled")
+    out_of_place = _node(host, "adapters.autograd", "out_of_place_clip")
     model, clip, vae = loaded
     sampling = SamplingConfig(resolution=64, sampling_steps=3, guidance=7.0)
     target = classifier.class_index("tiger cat")
@@ -586,7 +586,7 @@ def test_a_bad_option_is_a_clear_node_error(host, loaded, classifier):
 @pytest.mark.parametrize("host_returns", [2, 3])
 def test_the_trigger_lookup_answers_in_the_hosts_own_shape(host, host_returns):
     """0.3.64's _try_get_embedding returns (embed, leftover); 2026 hosts return (embed, name, leftover)."""
-    registry = _node(host, "token_registry", "_install").__globals__
+    registry = _node(host, "adapters.tokenizer_hook", "_install").__globals__
 
     class Sub:
         embedding_directory = None
@@ -646,5 +646,5 @@ def test_the_host_training_flag_is_set_during_training_and_restored(host, loaded
 
 
 def test_the_nodes_use_a_numbered_node_api(host):
-    api = __import__("dct_pack.nodes.host_api", fromlist=["x"])
+    api = __import__("dct_pack.nodes.adapters.node_api", fromlist=["x"])
     assert api.API_VERSION == "comfy_api.v0_0_2" and api.io.ComfyNode is not None

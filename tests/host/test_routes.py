@@ -35,8 +35,8 @@ def dct(host, tmp_path, monkeypatch):
     root.mkdir()
     extensions = folder_paths.folder_names_and_paths["classifiers"][1]
     monkeypatch.setitem(folder_paths.folder_names_and_paths, "classifiers", ([str(root)], extensions))
-    routes = importlib.import_module(f"{PACK_NAME}.nodes.routes")
-    folders = importlib.import_module(f"{PACK_NAME}.nodes.folders")
+    routes = importlib.import_module(f"{PACK_NAME}.nodes.adapters.labels_route")
+    folders = importlib.import_module(f"{PACK_NAME}.nodes.adapters.model_folders")
     if hasattr(routes, "_cache"):
         routes._cache.clear()
     stub = SimpleNamespace(routes=web.RouteTableDef())  # what register_routes needs of PromptServer.instance

@@ -18,9 +18,9 @@ from dct_core.errors import DCTError
 from dct_core.method.backend import Conditioning, Trajectory, Vectors
 from dct_core.method.prompts import TOKEN_MARK
 
-from . import host
-from .host_autograd import gradient_checkpointing, trainable_weights
-from .token_registry import sub_tokenizers, text_models, token_registered
+from . import host_internals as host
+from .autograd import gradient_checkpointing, trainable_weights
+from .tokenizer_hook import sub_tokenizers, text_models, token_registered
 
 TRIGGER = "dct-class-token"  # the name the learned vectors answer to while the engine encodes prompts
 

@@ -1,6 +1,6 @@
 """The pack's socket types and category. Named ...Socket so they never shadow the engine's classes."""
 
-from .host_api import io
+from .node_api import io
 
 CATEGORY = "Discriminative Class Tokens"
 ClassifierSocket = io.Custom("DCT_CLASSIFIER")

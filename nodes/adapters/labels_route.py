@@ -29,7 +29,7 @@ from dct_core.classifiers.labels import synonyms
 from dct_core.errors import DCTError
 from dct_core.registry import node_kind_source, node_kinds
 
-from . import folders
+from . import model_folders as folders
 
 log = logging.getLogger(__name__)
 

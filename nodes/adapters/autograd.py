@@ -15,7 +15,7 @@ import torch
 
 from dct_core.method.checkpointing import block_checkpointing, checkpoint_units
 
-from . import host
+from . import host_internals as host
 
 __all__ = ["autograd_enabled", "checkpoint_units", "gradient_checkpointing", "out_of_place_clip",
            "trainable_weights"]

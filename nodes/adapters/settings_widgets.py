@@ -15,7 +15,7 @@ from dct_core.config import DEFAULT_PRESET, config_values, preset_config
 from dct_core.errors import DCTError
 from dct_core.settings import NODE, SETTINGS, Setting, parse_interval, setting
 
-from .host_api import io
+from .node_api import io
 
 RECIPE_CHOICE = "recipe"
 ON_OFF = {RECIPE_CHOICE: None, "on": True, "off": False}

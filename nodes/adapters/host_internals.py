@@ -5,7 +5,7 @@ host at import time: each internal is looked up when first used, and a missing o
 ``HostMismatch`` naming what is missing, this host's version and the versions the pack supports, so the node
 fails with a message instead of the pack failing to import. ``missing()`` lists them all at once (tests and the
 startup log). The public custom-node API (``folder_paths``, ``server.PromptServer``, ``comfy_api``) is used
-directly where needed; ``host_api`` pins the node API version.
+directly where needed; ``node_api`` pins the node API version.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 from dct_core.errors import DCTError
 
-from .host_api import SUPPORTED_HOSTS
+from .node_api import SUPPORTED_HOSTS
 
 TESTED_HOST = "ComfyUI 0.3.64"
 TESTED_FRONTENDS = "comfyui-frontend-package 1.27.10 (0.3.64's own) and 1.58.1"

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from . import host
+from . import host_internals as host
 
 
 def sub_tokenizers(tokenizer) -> dict[str, Any]:
