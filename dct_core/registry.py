@@ -37,7 +37,7 @@ AUTO_KIND = "auto"  # the node's kind that lets the sources recognize the file (
 @dataclass(frozen=True)
 class NamedModel:
     name: str
-    load_backend: Callable[..., Any]  # (device, dtype) -> a Backend
+    load_backend: Callable[..., Any]  # (device, dtype, sampler=...) -> a Backend
     sampling: SamplingConfig  # the model's own sampling defaults (resolution, steps, guidance)
     description: str
     # Optional measuring aids a model with known ground truth can offer to `dct eval` and `dct demo`:

@@ -2,7 +2,7 @@
 
 The name is the same everywhere: the CLI's long option (``--sampling-steps``), the ComfyUI node's input
 (``sampling_steps``), the token metadata key and the config field. Front ends build their options from
-:data:`SETTINGS` (``dct_core.cli.options``, ``nodes/options_widgets.py``), the configs validate with
+:data:`SETTINGS` (``dct_core/cli/options.py``, ``nodes/adapters/settings_widgets.py``), the configs validate with
 :func:`check`, and the token metadata records the settings marked ``metadata``. Adding a setting is one entry
 here plus its field in the config that holds it (``config.py`` or the DATE config) and the code that uses it.
 
@@ -134,7 +134,8 @@ SETTINGS: tuple[Setting, ...] = (
     _s("threshold_window", "int", "Average the stop accuracy over this many steps", low=1, from_recipe=True,
        widget_max=100),
     _s("enough_prob", "float", "Stop pushing an image once the classifier gives the class this probability (0: "
-       "plain cross-entropy)", low=0, high=1, high_open=True, from_recipe=True, widget_step=0.01, node_unset=-1),
+       "plain cross-entropy)", low=0, high=1, high_open=True, from_recipe=True, widget_max=0.99, widget_step=0.01,
+       node_unset=-1),
     _s("init_pull", "float", "L2 pull toward the init word, relative to its norm (0: off)", low=0,
        from_recipe=True, widget_max=100.0, widget_step=0.01, node_unset=-1),
     _s("norm_cap", "float", "Keep the token's norm within this multiple of the init word's (0: off)", low=0,

@@ -155,7 +155,7 @@ def train(model, clip, vae, classifier, target_class: str, max_steps: int, save_
             raise result.cancel_exception  # the host cancelled mid-step (and cleared its flag): hand it back
         if outcome.cancelled:
             host.throw_if_interrupted()  # hand the Cancel back to the host
-        if outcome.error() is not None:
+        if not result.history and not outcome.cancelled:  # diverged at its first step: nothing to show
             raise RuntimeError(outcome.error())
         vectors = {k: v.to(backend.device) for k, v in result.token.vectors.items()}
         seeds = list(range(config.seed, config.seed + min(config.batch_size, 4)))

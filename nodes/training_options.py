@@ -26,6 +26,9 @@ CHECKPOINT_VAE = "checkpoint VAE"
 HOST_DEFAULTS: dict[str, Any] = {"sampler_name": "euler", "scheduler": "normal", "decoder": CHECKPOINT_VAE,
                                  "preview_every": 1, "seed": 0}
 TRAIN_NODE_OWN = ("max_steps",)  # on the Train node itself
+# Options nodes saved before the table (2026-11) have 17 widgets; the settings added since are optional, so
+# API-format prompts saved then still run (a UI workflow restores widgets by position and gets their defaults).
+FIRST_WIDGETS = 17
 
 
 @dataclass(frozen=True)
@@ -68,8 +71,9 @@ HOST_CHOICES = {"sampler_name": sampler_names, "scheduler": scheduler_names, "de
 
 
 def option_inputs() -> list[io.Input]:
-    return [widget(s, HOST_CHOICES.get(s.name), HOST_DEFAULTS.get(s.name))
-            for s in node_settings(TRAINING, GENERATION, BACKEND, PROGRESS, exclude=TRAIN_NODE_OWN)]
+    shown = node_settings(TRAINING, GENERATION, BACKEND, PROGRESS, exclude=TRAIN_NODE_OWN)
+    return [widget(s, HOST_CHOICES.get(s.name), HOST_DEFAULTS.get(s.name), optional=i >= FIRST_WIDGETS)
+            for i, s in enumerate(shown)]
 
 
 class TrainingOptionsNode(io.ComfyNode):

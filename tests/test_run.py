@@ -117,3 +117,42 @@ def test_the_world_registers_its_model_and_classifiers():
     assert source is not None and source.load("guide").name == "world:guide"
     with pytest.raises(DCTError, match="no classifier 'nope'"):
         source.load("nope")
+
+
+def _diverging(classifier, after: int):
+    """The classifier's loss turns NaN from its ``after``-th call on (a run that diverges midway)."""
+    calls = {"n": 0}
+    real = classifier.loss
+
+    def loss(logits, target, on=True):
+        calls["n"] += 1
+        out = real(logits, target, on)
+        return out * float("nan") if calls["n"] > after else out
+
+    return loss
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_a_run_that_diverges_keeps_its_best_finite_token_unless_the_job_retries(sd1_world, tmp_path, monkeypatch,
+                                                                                 keep):
+    backend, classifier = sd1_world
+    config = preset_config("paper", max_steps=4, batch_size=1, lr=0.1, accuracy_threshold=1.0, patience=4,
+                           sampling=TINY_SAMPLING)
+    monkeypatch.setattr(classifier, "loss", _diverging(classifier, after=2))
+    outcome = run_training(TrainJob(backend, classifier, 1, config, name="tc", out=tmp_path / "tc",
+                                    keep_diverged=keep))
+    assert outcome.diverged and len(outcome.result.history) == 2
+    if keep:  # the CLI, the node and the demo: nothing lost
+        assert outcome.path is not None and outcome.error() is None
+        assert load_class_token(outcome.path).metadata["stopped"] == "non-finite"
+    else:  # the library: no file, so the class is trained again on the next run
+        assert outcome.path is None and not (tmp_path / "tc.safetensors").exists()
+    assert "diverged" in outcome.diverged_message() and "\n" not in outcome.diverged_message()
+
+
+def test_a_run_that_diverges_at_its_first_step_is_a_one_line_error(sd1_world, tmp_path, monkeypatch):
+    backend, classifier = sd1_world
+    monkeypatch.setattr(classifier, "loss", _diverging(classifier, after=0))
+    config = preset_config("paper", max_steps=2, batch_size=1, sampling=TINY_SAMPLING)
+    outcome = run_training(TrainJob(backend, classifier, 1, config, out=tmp_path / "tc"))
+    assert outcome.path is None and "diverged" in (outcome.error() or "")

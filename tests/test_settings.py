@@ -80,3 +80,11 @@ def test_the_options_node_help_page_names_every_input():
     page = (DOCS / "DCTTrainingOptions.md").read_text()
     missing = [name for name in OPTIONS_NODE if f"`{name}`" not in page]
     assert not missing, missing
+
+
+def test_the_sampler_option_reaches_a_built_in_models_backend():
+    from dct_core.cli.loading import load_backend
+
+    args = build_parser().parse_args(["generate", "--model", "world", "--prompt", "a {token} ball", "--out", "x",
+                                      "--scheduler", "euler", "--device", "cpu"])
+    assert load_backend(args).sampler == "euler"

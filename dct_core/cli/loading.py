@@ -16,11 +16,12 @@ def load_backend(args: argparse.Namespace, device=None):
 
     device = device if device is not None else resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
+    sampler = getattr(args, "sampler", None) or "ddim"
     named = named_model(args.model)
     if named is not None:
-        return named.load_backend(device, dtype)
+        return named.load_backend(device, dtype, sampler=sampler)
     pipe = load_pipeline(args.model, device=device, dtype=dtype, kind=args.model_kind)
-    return DiffusersBackend(pipe, sampler=getattr(args, "sampler", None) or "ddim")
+    return DiffusersBackend(pipe, sampler=sampler)
 
 
 def load_classifier(args: argparse.Namespace) -> Classifier:

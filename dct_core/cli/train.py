@@ -47,7 +47,9 @@ def run(args) -> int:
     bar, on_step = step_printer(config.max_steps, plan.out.parent / f"{name}-previews", args.preview_every)
     with CancelOnInterrupt() as cancel, bar:
         outcome = execute(plan, RunHooks(on_step=on_step, should_cancel=cancel))
-    print(outcome.summary())
+    if outcome.result.best is None:
+        raise DCTError("training stopped before the first step finished; nothing was saved.")
+    print(outcome.cli_line())
     error = outcome.error()
     if error is not None:
         raise DCTError(error)

@@ -168,7 +168,7 @@ def write_dataset(
     out = Path(out_dir)
     plans = plan_classes(library_dir, prompt_template, without_tokens)
     units = _units(plans, images_per_class)
-    settings = _sampling_record(sampling, backend.sampler)
+    settings = _sampling_record(sampling, getattr(backend, "sampler", ""))
     written = skipped = 0
     failure: BaseException | None = None
     try:

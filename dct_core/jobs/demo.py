@@ -141,12 +141,14 @@ def run_demo(
         )
         result = outcome.result
         seconds = time.perf_counter() - started
+        if outcome.save_error is not None:
+            raise DCTError(outcome.save_error)
         if outcome.path is not None:  # the best token so far is kept, also when cancelled
             report.token_paths.append(outcome.path)
         if outcome.cancelled or (should_cancel is not None and should_cancel()):
             report.cancelled = True
             break
-        if outcome.error() is not None:
+        if outcome.error() is not None:  # nothing trained (diverged at the first step): no row to measure
             raise DCTError(outcome.error())
         vectors = result.token.for_encoders(backend.encoders)
         accuracy, images = compare_with_token(

@@ -257,8 +257,12 @@ def train_one(backend: Backend, classifier: Classifier, c: LibraryClass, out: Pa
 
         job = TrainJob(backend, classifier, c.index, config, name=c.key, prompt_label=word,
                        out=token_file(out, c.key), overwrite=True, recipe=settings.recipe,
-                       base_model=settings.base_model, classifier_name=settings.classifier_name)
-        error = run_training(job, hooks=RunHooks(on_step=on_step, extra_metadata=judged)).error()
+                       base_model=settings.base_model, classifier_name=settings.classifier_name,
+                       keep_diverged=False)
+        outcome = run_training(job, hooks=RunHooks(on_step=on_step, extra_metadata=judged))
+        if outcome.diverged:
+            raise DCTError(outcome.diverged_message())
+        error = outcome.error()
         if error is not None:
             raise DCTError(error)
     except Exception as exc:  # one class's failure never stops the others

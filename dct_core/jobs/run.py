@@ -68,6 +68,7 @@ class TrainJob:
     base_model: str = ""
     classifier_name: str | None = None
     cancel_exceptions: tuple[type[BaseException], ...] = ()  # the host's "cancel" raised mid-step
+    keep_diverged: bool = True  # save the best finite token of a run that diverged (False: the library retries)
 
     @property
     def label(self) -> str:
@@ -94,9 +95,10 @@ class RunHooks:
 
 @dataclass
 class RunOutcome:
-    """How a run ended. The one policy, for every front end: a token is saved whenever a step finished and the
-    loss stayed finite, also when cancelled (the best so far); a save that fails keeps it in a fallback file
-    (``save_error`` says where); a diverged run saves nothing (``error()`` says what to change)."""
+    """How a run ended. The one policy, for every front end: the best token is saved whenever a step finished,
+    also when cancelled or when the loss later became non-finite (the best finite step's; a job may ask to keep
+    nothing of a diverged run instead, as the library does so that the class is tried again); a save that fails
+    keeps it in a fallback file (``save_error`` says where)."""
 
     result: TrainResult
     path: Path | None = None  # where the token was saved
@@ -114,12 +116,16 @@ class RunOutcome:
         """Why this run gave no usable token where it was asked for, or None."""
         if self.save_error is not None:
             return self.save_error
-        if self.diverged:
-            return (f"training diverged: non-finite loss or gradient at step {len(self.result.history)}; nothing was "
-                    "saved. Lower the learning rate (lr) or the guidance.")
         if not self.result.history:
+            if self.diverged:
+                return ("training diverged: non-finite loss or gradient at its first step; nothing was saved. Lower "
+                        "the learning rate (lr) or the guidance.")
             return f"training stopped before its first step finished ({self.result.stopped}); nothing was saved."
         return None
+
+    def diverged_message(self) -> str:
+        return (f"training diverged: non-finite loss or gradient at step {len(self.result.history)}. Lower the "
+                "learning rate (lr) or the guidance.")
 
     def summary(self, label: str = "") -> str:
         """One line: why it stopped, the best step, where the token went."""
@@ -128,6 +134,13 @@ class RunOutcome:
         head = f"{label}: " if label else ""
         return (f"{head}stopped by {self.result.stopped} after {len(self.result.history)} steps; best step "
                 f"{best.step if best else '-'} accuracy {best.accuracy if best else 0:.2f}{where}")
+
+    def cli_line(self) -> str:
+        """The line `dct train` has always printed (scripts read it)."""
+        best = self.result.best
+        assert best is not None
+        return (f"stopped: {self.result.stopped}; best step {best.step}: accuracy {best.accuracy:.2f}, "
+                f"loss {best.loss:.4f}")
 
 
 def token_metadata(job: TrainJob) -> dict[str, str]:
@@ -165,7 +178,7 @@ def execute(plan: RunPlan, hooks: RunHooks | None = None) -> RunOutcome:
                                cancel_exceptions=job.cancel_exceptions)
     result.token.metadata.update(trained_steps=str(len(result.history)), stopped=result.stopped)
     outcome = RunOutcome(result)
-    if not result.history or outcome.diverged:
+    if not result.history or (outcome.diverged and not job.keep_diverged):
         return outcome
     if hooks.extra_metadata is not None:
         result.token.metadata.update(hooks.extra_metadata(result))

@@ -33,12 +33,13 @@ def _require(path: Path) -> Path:
 
 
 def load_world_backend(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                       folder: str | Path | None = None):
+                       folder: str | Path | None = None, sampler: str = "ddim"):
     """A DiffusersBackend over the world's text-to-image model."""
     from ..backends.diffusers_backend import DiffusersBackend
     from .model import load_world_pipeline
 
-    return DiffusersBackend(load_world_pipeline(_require(Path(folder or WEIGHTS_DIR)), device=device, dtype=dtype))
+    pipe = load_world_pipeline(_require(Path(folder or WEIGHTS_DIR)), device=device, dtype=dtype)
+    return DiffusersBackend(pipe, sampler=sampler)
 
 
 def load_world_classifier(role: str, folder: str | Path | None = None):

@@ -33,9 +33,17 @@ def _unset_text(s: Setting, unset: Any) -> str:
     return f"{unset} = the recipe's ({shown[DEFAULT_PRESET]}; paper {shown['paper']})"
 
 
-def widget(s: Setting, choices: Callable[[], list[str]] | None = None, default: Any = None) -> io.Input:
+def widget(s: Setting, choices: Callable[[], list[str]] | None = None, default: Any = None,
+           optional: bool = False) -> io.Input:
     """One input for setting ``s``. ``choices``: the host's options for a choice the table leaves open (samplers);
-    ``default``: the value shown for a setting that is not the recipe's."""
+    ``default``: the value shown for a setting that is not the recipe's; ``optional``: an API prompt may leave it
+    out (a widget added after workflows were saved)."""
+    made = _widget(s, choices, default)
+    made.optional = optional
+    return made
+
+
+def _widget(s: Setting, choices: Callable[[], list[str]] | None, default: Any) -> io.Input:
     unset = s.node_unset
     if s.kind in ("int", "float"):
         cls = io.Int if s.kind == "int" else io.Float
