@@ -89,33 +89,35 @@ SETTINGS: tuple[Setting, ...] = (
        "such as 'bird' helps a bird classifier)", from_recipe=True, metadata=True),
     _s("templates", "lines", "Training prompts with {token} and {label}", from_recipe=True, metadata=True,
        cli_flag="--template", extra_check=check_templates),
-    _s("lr", "float", "AdamW learning rate on the token only", low=0, low_open=True, from_recipe=True,
+    _s("lr", "float", "AdamW learning rate on the token only", low=0, high=10, low_open=True, from_recipe=True,
        metadata=True, widget_max=1.0, widget_step=1e-5),
-    _s("batch_size", "int", "Images (seeds) per optimization step", low=1, from_recipe=True, metadata=True,
+    _s("batch_size", "int", "Images (seeds) per optimization step", low=1, high=1024, from_recipe=True, metadata=True,
        widget_max=64),
-    _s("micro_batch", "int", "Images per forward/backward, to save memory", low=1, unset="the whole batch at once",
+    _s("micro_batch", "int", "Images per forward/backward, to save memory", low=1, high=1024,
+       unset="the whole batch at once",
        widget_max=64),
-    _s("guidance", "float", "Classifier-free guidance scale while sampling", section=GENERATION, low=0,
+    _s("guidance", "float", "Classifier-free guidance scale while sampling", section=GENERATION, low=0, high=100,
        from_recipe=True, metadata=True, widget_max=30.0, widget_step=0.1),
     _s("sampler_name", "choice", "The host sampler for the steps without gradient", section=BACKEND,
        fronts=(NODE,)),
     _s("scheduler", "choice", "The host scheduler (sigmas)", section=BACKEND, fronts=(NODE,)),
-    _s("sampling_steps", "int", "Sampling steps per image", section=GENERATION, low=1, from_recipe=True,
+    _s("sampling_steps", "int", "Sampling steps per image", section=GENERATION, low=1, high=1000, from_recipe=True,
        metadata=True, widget_max=200),
-    _s("resolution", "int", "Image size in pixels (SD1.x: 512, SDXL: 1024)", section=GENERATION, low=8,
+    _s("resolution", "int", "Image size in pixels (SD1.x: 512, SDXL: 1024)", section=GENERATION, low=8, high=4096,
        from_recipe=True, unset="the model's native size (SDXL: 1024), else the recipe's (512)", metadata=True,
        widget_max=2048, widget_step=8),
-    _s("seed", "int", "First seed; a batch uses seed, seed+1, ...", section=GENERATION, low=0, metadata=True,
+    _s("seed", "int", "First seed; a batch uses seed, seed+1, ...", section=GENERATION, low=0, high=2**63 - 1,
+       metadata=True,
        widget_max=0xFFFFFFFF),
     _s("accuracy_threshold", "float", "Stop once a batch is classified this well", low=0, low_open=True, high=1,
        from_recipe=True, widget_step=0.01),
-    _s("patience", "int", "Or stop after this many steps without a lower loss", low=1, from_recipe=True,
+    _s("patience", "int", "Or stop after this many steps without a lower loss", low=1, high=100_000, from_recipe=True,
        widget_max=1000),
     _s("backprop_depth", "int", "Sampling steps taken with gradient, K, when the gradient is taken at the last "
-       "steps (the paper's gradient skipping: 1)", low=1, from_recipe=True, metadata=True, widget_max=50),
+       "steps (the paper's gradient skipping: 1)", low=1, high=1000, from_recipe=True, metadata=True, widget_max=50),
     _s("decoder", "choice", "Decoder for the training signal: the checkpoint's VAE, or a TAESD decoder from "
        "models/vae_approx (much cheaper at 512 px)", section=BACKEND, fronts=(NODE,)),
-    _s("preview_every", "int", "Show the current batch every N steps (0: never)", section=PROGRESS, low=0,
+    _s("preview_every", "int", "Show the current batch every N steps (0: never)", section=PROGRESS, low=0, high=100_000,
        widget_max=1000),
     _s("fresh_seeds", "flag", "New seeds every step (the token then fits no particular images) instead of the same "
        "batch of seeds", from_recipe=True, metadata=True),
@@ -124,61 +126,66 @@ SETTINGS: tuple[Setting, ...] = (
        "clean image x0 at a random intermediate step", choices=("last", "x0"), from_recipe=True),
     _s("x0_interval", "interval", "Fraction of the trajectory the x0 gradient point is drawn from, e.g. 0.2-0.8",
        low=0, high=1, from_recipe=True),
-    _s("x0_points", "int", "x0 gradient points per image", low=1, from_recipe=True, widget_max=10),
+    _s("x0_points", "int", "x0 gradient points per image", low=1, high=100, from_recipe=True, widget_max=10),
     _s("preserve", "float", "Pull toward the image the prompt alone makes on the same seed (x0 gradient point): "
-       "keeps what the prompt leaves free", low=0, from_recipe=True, widget_max=1000.0, widget_step=0.1, node_unset=-1),
+       "keeps what the prompt leaves free", low=0, high=1e4, from_recipe=True, widget_max=1000.0, widget_step=0.1,
+       node_unset=-1),
     _s("keep", "choice", "The token returned: the best step's (paper) or the last", choices=("best", "last"),
        from_recipe=True),
     _s("validation_images", "int", "Pick the best token on this many fixed validation seeds (0: on the training "
-       "batch)", low=0, from_recipe=True, widget_max=64, node_unset=-1),
-    _s("threshold_window", "int", "Average the stop accuracy over this many steps", low=1, from_recipe=True,
+       "batch)", low=0, high=1024, from_recipe=True, widget_max=64, node_unset=-1),
+    _s("threshold_window", "int", "Average the stop accuracy over this many steps", low=1, high=10_000,
+       from_recipe=True,
        widget_max=100),
     _s("enough_prob", "float", "Stop pushing an image once the classifier gives the class this probability (0: "
        "plain cross-entropy)", low=0, high=1, high_open=True, from_recipe=True, widget_max=0.99, widget_step=0.01,
        node_unset=-1),
-    _s("init_pull", "float", "L2 pull toward the init word, relative to its norm (0: off)", low=0,
+    _s("init_pull", "float", "L2 pull toward the init word, relative to its norm (0: off)", low=0, high=1e4,
        from_recipe=True, widget_max=100.0, widget_step=0.01, node_unset=-1),
-    _s("norm_cap", "float", "Keep the token's norm within this multiple of the init word's (0: off)", low=0,
+    _s("norm_cap", "float", "Keep the token's norm within this multiple of the init word's (0: off)", low=0, high=1e4,
        from_recipe=True, widget_max=100.0, widget_step=0.1, node_unset=-1),
-    _s("weight_decay", "float", "AdamW weight decay on the token", low=0, from_recipe=True, widget_max=10.0,
+    _s("weight_decay", "float", "AdamW weight decay on the token", low=0, high=100, from_recipe=True, widget_max=10.0,
        widget_step=1e-3, node_unset=-1),
-    _s("max_grad_norm", "float", "Gradient clipping norm", low=0, low_open=True, from_recipe=True,
+    _s("max_grad_norm", "float", "Gradient clipping norm", low=0, high=1e6, low_open=True, from_recipe=True,
        widget_max=1000.0, widget_step=0.1),
-    _s("num_vectors", "int", "Vectors in the token", low=1, from_recipe=True, metadata=True, widget_max=16),
+    _s("num_vectors", "int", "Vectors in the token", low=1, high=75, from_recipe=True, metadata=True, widget_max=16),
     _s("checkpointing", "flag", "Block-level gradient checkpointing in the UNet step(s) with gradient, the decoder "
        "and the classifier (off: faster, much more memory)", from_recipe=True),
     _s("negative_prompt", "text", "Negative prompt", section=GENERATION, from_recipe=True),
     # The step budget: on the Train node itself (its 'max_steps' input), not on the Options node.
-    _s("max_steps", "int", "Maximum optimization steps", low=1, from_recipe=True, metadata=True,
+    _s("max_steps", "int", "Maximum optimization steps", low=1, high=100_000, from_recipe=True, metadata=True,
        flags=("--steps",), fronts=(CLI, WEBUI), widget_max=10000),
     # --- the diffusers backend (CLI) -----------------------------------------------------------------------------
     _s("sampler", "choice", "Sampler of the diffusers backend", section=BACKEND, choices=("ddim", "euler", "own"),
        flags=("--scheduler",), fronts=(CLI,)),
     # --- DATE: test-time conditioning updates -------------------------------------------------------------------
     _s("rho", "float", "Step length of each update of the conditioning (DATE; 0 = plain sampling)", section=DATE,
-       low=0, flags=("--adaptive-rho",), widget_max=5.0, widget_step=0.01),
-    _s("every", "int", "Update at every N-th sampling step", section=DATE, low=1, flags=("--adaptive-every",),
+       low=0, high=100, flags=("--adaptive-rho",), widget_max=5.0, widget_step=0.01),
+    _s("every", "int", "Update at every N-th sampling step", section=DATE, low=1, high=10_000,
+       flags=("--adaptive-every",),
        widget_max=1000),
     _s("interval", "interval", "Fraction of the trajectory where updates happen, e.g. 0.2-0.8", section=DATE, low=0,
        high=1, flags=("--adaptive-interval",)),
-    _s("updates_per_step", "int", "Updates at each chosen step", section=DATE, low=1,
+    _s("updates_per_step", "int", "Updates at each chosen step", section=DATE, low=1, high=100,
        flags=("--adaptive-updates",), widget_max=20),
     _s("reset", "flag", "Each update starts from the original conditioning (off: updates add up)", section=DATE),
-    _s("prior", "float", "L2 pull of the updated conditioning toward the original", section=DATE, low=0,
+    _s("prior", "float", "L2 pull of the updated conditioning toward the original", section=DATE, low=0, high=1e4,
        flags=("--adaptive-prior",), widget_max=100.0, widget_step=0.01),
     _s("score", "choice", "What is raised: the class log-probability, or the raw logit (zero-shot CLIP similarity)",
        section=DATE, choices=("log_prob", "logit"), flags=("--adaptive-score",)),
     _s("at_steps", "indices", "Update exactly at these sampling steps (0-based), e.g. 0-9 or 2,5 (not every N-th)",
-       section=DATE, low=0, flags=("--adaptive-steps",), fronts=(CLI, WEBUI)),
+       section=DATE, low=0, high=10_000, flags=("--adaptive-steps",), fronts=(CLI, WEBUI)),
     _s("date_target", "choice", "What moves: all prompt positions, the class-token positions, or also SDXL's pooled "
        "embedding", section=DATE, choices=("all", "token", "pooled"), flags=("--adaptive-target",),
        fronts=(CLI, WEBUI)),
     # --- sizes of the jobs (eval, demo, library, dataset) ---------------------------------------------------------
     _s("num_images", "int", "Fresh-seed images per condition (with and without the token)", section=SIZES, low=1,
+       high=100_000,
        fronts=(CLI, WEBUI), widget_max=1024),
     _s("eval_images", "int", "Fresh seeds per class for the library's held-out judge", section=SIZES, low=1,
+       high=10_000,
        fronts=(CLI,)),
-    _s("images_per_class", "int", "Images to draw per class", section=SIZES, low=1, fronts=(CLI,)),
+    _s("images_per_class", "int", "Images to draw per class", section=SIZES, low=1, high=1_000_000, fronts=(CLI,)),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
@@ -257,17 +264,40 @@ def _pair(s: Setting, value: Any) -> tuple[Any, Any]:
     return items[0], items[1]
 
 
-def parse_indices(name: str, text: str) -> tuple[int, ...]:
-    """"0-9" or "2,5" -> (0, ..., 9) or (2, 5), checked."""
+MAX_LISTED = 100_000  # numbers one range option may list ("0-7", "2,5,9")
+
+
+def parse_ranges(name: str, text: str, low: int = 0, high: int = 2**63 - 1, max_count: int = MAX_LISTED
+                 ) -> tuple[int, ...]:
+    """"0-9" or "2,5" or "3" -> the numbers, each within [low, high] and at most ``max_count`` of them, checked
+    arithmetically before anything is expanded (so "0-100000000000" costs nothing)."""
+    spans: list[tuple[int, int]] = []
     try:
-        out: list[int] = []
         for part in text.split(","):
-            lo, _, hi = part.strip().partition("-")
-            out += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
+            lo_text, dash, hi_text = part.strip().partition("-")
+            lo = int(lo_text)
+            hi = int(hi_text) if dash else lo
+            spans.append((lo, hi))
     except ValueError:
-        raise DCTError(f"{name} must look like 0-9 or 2,5, got {text!r}.") from None
-    check(name, tuple(out))
-    return tuple(out)
+        raise DCTError(f"{name} must look like 0-9 or 2,5, got {text[:80]!r}.") from None
+    for lo, hi in spans:
+        if lo > hi:
+            raise DCTError(f"{name}: {lo}-{hi} runs backwards; write the smaller number first.")
+        if lo < low or hi > high:
+            shown = str(lo) if lo == hi else f"{lo}-{hi}"
+            raise DCTError(f"{name}: {shown} is outside {low} to {high}.")
+    count = sum(hi - lo + 1 for lo, hi in spans)
+    if count > max_count:
+        raise DCTError(f"{name} lists {count} numbers; at most {max_count} are allowed.")
+    if not count:
+        raise DCTError(f"{name}: no numbers given.")
+    return tuple(n for lo, hi in spans for n in range(lo, hi + 1))
+
+
+def parse_indices(name: str, text: str) -> tuple[int, ...]:
+    """Step numbers of an "indices" setting ("0-9" or "2,5"), checked."""
+    s = setting(name)
+    return parse_ranges(name, text, int(s.low or 0), int(s.high if s.high is not None else 2**63 - 1))
 
 
 def parse_interval(name: str, text: str) -> tuple[float, float]:

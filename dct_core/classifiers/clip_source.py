@@ -57,6 +57,12 @@ class OpenCLIPZeroShot(ZeroShotLogits):
         return self.model.encode_image(pixel_values)
 
 
+def clip_prompt(template: str, label: str) -> str:
+    """The zero-shot prompt for ``label``: ``{label}`` replaced literally, as in the training templates (never
+    str.format, which would read format specs, fields and attributes from a user's text)."""
+    return template.replace("{label}", label)
+
+
 def load_open_clip_classifier(weights: str | Path, arch: str, labels=None, *, template: str = DEFAULT_TEMPLATE):
     """open_clip weights (e.g. open_clip_pytorch_model.bin / .safetensors of laion/CLIP-ViT-H-14-laion2B-s32B-b79K)
     with the open_clip architecture name (e.g. ViT-H-14). Needs the optional ``open_clip_torch`` package."""
@@ -78,7 +84,7 @@ def load_open_clip_classifier(weights: str | Path, arch: str, labels=None, *, te
     tokenizer = open_clip.get_tokenizer(arch)
     names = _label_names(labels)
     with torch.no_grad():
-        text = model.encode_text(tokenizer([template.format(label=display_name(n)) for n in names]))
+        text = model.encode_text(tokenizer([clip_prompt(template, display_name(n)) for n in names]))
         text = text / text.norm(dim=-1, keepdim=True)
     size = model.visual.image_size
     size = size if isinstance(size, (tuple, list)) else (size, size)
@@ -113,7 +119,7 @@ def load_clip_classifier(folder: str | Path, labels=None, *, template: str = DEF
 
         tokenizer = clip_tokenizer()
     names = _label_names(labels)
-    prompts = [template.format(label=display_name(n)) for n in names]
+    prompts = [clip_prompt(template, display_name(n)) for n in names]
     with torch.no_grad():
         tokens = tokenizer(prompts, padding="max_length", truncation=True, max_length=77, return_tensors="pt")
         ids, mask = tokens["input_ids"], tokens["attention_mask"]

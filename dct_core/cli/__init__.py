@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import DCTError
+from ..formats.printable import printable
 from . import dataset, demo, eval, generate, labels, library, train
 
 COMMANDS = (train, generate, eval, labels, library, dataset, demo)  # in the order `dct --help` lists them
@@ -16,6 +17,7 @@ COMMANDS = (train, generate, eval, labels, library, dataset, demo)  # in the ord
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dct", description="Discriminative class tokens for text-to-image diffusion.")
+    parser.add_argument("--debug", action="store_true", help="on an unexpected error, print the Python traceback")
     sub = parser.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
         before = set(sub.choices)
@@ -30,8 +32,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except DCTError as exc:
-        print(f"dct {args.command}: error: {exc}", file=sys.stderr)
+        print(f"dct {args.command}: error: {printable(exc, 2000)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"dct {args.command}: aborted", file=sys.stderr)
         return 130
+    except Exception as exc:  # the last catch: one line, never a traceback unless asked
+        if args.debug:
+            raise
+        print(f"dct {args.command}: error: {type(exc).__name__}: {printable(exc, 2000)} (run with --debug for the "
+              "traceback)", file=sys.stderr)
+        return 1

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 from ..config import PAPER_TEMPLATES
 from ..errors import DCTError
+from ..formats.printable import json_text, printable_lines
 from . import options
 from .loading import classifier_and_target, classifier_name, load_backend
 
@@ -51,6 +50,10 @@ def run(args) -> int:
     features = load_classifier(args.feature_classifier, labels=args.labels, trust_code=args.trust_code) \
         if args.feature_classifier else (held_out or classifier)
     reference = _reference_images(args, named, classifier.class_name(target), sampling.resolution)
+    if reference is not None and min(len(reference), args.num_images) < 2:  # before generating anything
+        which = f"--reference {args.reference} holds {len(reference)} image(s)" if len(reference) < 2 \
+            else f"--num-images is {args.num_images}"
+        raise DCTError(f"the Frechet distance needs at least 2 images in each set; {which}.")
     backend = load_backend(args)
     for c in (classifier, held_out, features):
         if c is not None:
@@ -74,9 +77,9 @@ def run(args) -> int:
               "classifier": name, "target": "off" if args.target_off else "on", "num_images": args.num_images,
               "first_seed": args.seed, "results": results[name], "judges": results, **quality}
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json_text(report, indent=2))
     else:
-        print(format_eval(report))
+        print(printable_lines(format_eval(report)))
     return 0
 
 

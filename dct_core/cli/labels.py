@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..errors import DCTError
+from ..formats.printable import printable
 from . import options
 from .loading import load_classifier
 
@@ -26,10 +27,11 @@ def run_labels(args) -> int:
     shown = 0
     for i, label in enumerate(classifier.labels):
         if not wanted or any(wanted in s for s in synonyms(label)) or wanted in label.lower():
-            print(f"{i:>6}  {label}")
+            print(f"{i:>6}  {printable(label)}")
             shown += 1
     if wanted and not shown:
-        raise DCTError(f"no label contains {args.search!r}; run without --search to list all {classifier.num_classes}.")
+        raise DCTError(f"no label contains {printable(args.search)!r}; run without --search to list all "
+                       f"{classifier.num_classes}.")
     return 0
 
 
@@ -37,5 +39,5 @@ def run_info(args) -> int:
     classifier = load_classifier(args)
     params = sum(p.numel() for p in classifier.module.parameters())
     print(classifier.describe())
-    print(f"parameters: {params / 1e6:.2f} M; first labels: {', '.join(classifier.labels[:5])}")
+    print(f"parameters: {params / 1e6:.2f} M; first labels: {printable(', '.join(classifier.labels[:5]))}")
     return 0

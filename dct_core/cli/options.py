@@ -18,6 +18,7 @@ from ..settings import (
     in_section,
     parse_indices,
     parse_interval,
+    parse_ranges,
     setting,
 )
 
@@ -25,17 +26,12 @@ RECIPE_DEFAULT_NOTE = "an option left out takes the recipe's value"
 
 
 def seeds(text: str) -> list[int]:
-    """"0-7" or "1,5,9" or "3"."""
+    """"0-7" or "1,5,9" or "3": seeds within the seed setting's bounds, at most as many as an image count."""
+    seed, count = setting("seed"), setting("num_images")
     try:
-        out: list[int] = []
-        for part in text.split(","):
-            lo, _, hi = part.strip().partition("-")
-            out += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"seeds must look like 0-7 or 1,5,9, got {text!r}") from exc
-    if not out:
-        raise argparse.ArgumentTypeError("no seeds given")
-    return out
+        return list(parse_ranges("--seeds", text, int(seed.low or 0), int(seed.high or 0), int(count.high or 0)))
+    except DCTError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _typed(s: Setting):
@@ -59,15 +55,28 @@ def _typed(s: Setting):
     return parse
 
 
-def _paper_value(name: str) -> Any:
-    return config_values(TrainConfig()).get(name)
+def _shown(value: Any) -> str:
+    if isinstance(value, tuple):
+        return f"its {len(value)}"
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _recipe_note(name: str) -> str:
+    """"balanced: 0.05; paper: 0.00125": what each recipe gives a setting the user leaves out."""
+    from ..config import preset_config
+
+    values = {recipe: config_values(preset_config(recipe)).get(name) for recipe in PRESETS}
+    if all(v is None or v == "" for v in values.values()):
+        return ""
+    if len({repr(v) for v in values.values()}) == 1:
+        return f"every recipe: {_shown(next(iter(values.values())))}"
+    return "; ".join(f"{recipe}: {_shown(v)}" for recipe, v in values.items())
 
 
 def add_setting(group, s: Setting, *, default: Any = None, note: str = "", required: bool = False) -> None:
     """``--<name>`` (and its older spellings) for one setting; its value lands in ``args.<name>``."""
     flags = [s.flag, *s.flags]
-    paper = _paper_value(s.name)
-    tail = note or (f"paper: {paper}" if s.from_recipe and paper is not None else "")
+    tail = note or (_recipe_note(s.name) if s.from_recipe else "")
     if default is not None:
         tail = f"default {default}" + (f"; {tail}" if tail else "")
     help_text = s.help + (f" ({tail})" if tail else "")

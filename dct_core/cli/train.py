@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from ..errors import DCTError
+from ..formats.printable import printable
 from ..settings import setting
 from . import options
 from .loading import classifier_and_target, classifier_name, load_backend
@@ -41,7 +42,7 @@ def run(args) -> int:
         overwrite_hint=OVERWRITE_HINT, recipe=args.recipe, base_model=Path(args.model).name,
         classifier_name=classifier_name(args),
     ))
-    print(f"training a token for class {target} {plan.job.label!r} with {classifier.describe()} "
+    print(f"training a token for class {target} {printable(plan.job.label)!r} with {printable(classifier.describe())} "
           f"(recipe {args.recipe})", file=sys.stderr)
     assert plan.out is not None
     bar, on_step = step_printer(config.max_steps, plan.out.parent / f"{name}-previews", args.preview_every)

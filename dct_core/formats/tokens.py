@@ -283,6 +283,30 @@ def _vectors_from_state(data: dict, path: Path) -> dict[str, torch.Tensor]:
     return {_KEY_BY_WIDTH.get(vec.shape[-1], "clip_l"): vec}
 
 
+# Longest metadata value read from a token file: a label or prompt a text encoder can read is far shorter (77
+# tokens); a longer one is a damaged or hostile file (a 40 MB label would be copied into every dataset record).
+MAX_METADATA_CHARS = 16_384
+
+
+def _encoder_names(text: str | None, path: Path) -> list[str] | None:
+    """``dct.encoders``: a JSON list of encoder names, or absent; anything else is ignored (the tensors' own keys
+    and widths name the encoders then)."""
+    if not text:
+        return None
+    try:
+        names = json.loads(text)
+    except ValueError:
+        return None
+    return names if isinstance(names, list) and names and all(isinstance(n, str) for n in names) else None
+
+
+def _check_metadata_sizes(metadata: dict[str, str], path: Path) -> None:
+    for key, value in metadata.items():
+        if len(value) > MAX_METADATA_CHARS:
+            raise DCTError(f"token file {path}: its metadata {key!r} is {len(value)} characters long (at most "
+                           f"{MAX_METADATA_CHARS}); the file is damaged or not one of ours.")
+
+
 def load_class_token(path: str | os.PathLike) -> ClassToken:
     """Read any embedding file a host reads (.safetensors, A1111 .pt, diffusers .bin), never running code.
 
@@ -291,10 +315,11 @@ def load_class_token(path: str | os.PathLike) -> ClassToken:
     path = Path(path)
     data = read_tensors(path, TOKEN_FILE, tensor_key="*")
     meta = read_safetensors_metadata(path, TOKEN_FILE) if path.suffix.lower() == ".safetensors" else {}
-    encoders = json.loads(meta.get("dct.encoders", "null") or "null")
+    encoders = _encoder_names(meta.get("dct.encoders"), path)
     if encoders and "emb_params" in data and len(encoders) == 1:
         data = {encoders[0]: data["emb_params"]}
     vectors = _vectors_from_state(data, path)
     # The trigger word is the file name, as in every host (embedding:NAME, A1111's embeddings folder).
     metadata = {k[4:]: v for k, v in meta.items() if k.startswith("dct.") and k not in ("dct.encoders", "dct.name")}
+    _check_metadata_sizes(metadata, path)
     return validate_class_token(ClassToken(vectors=vectors, name=path.stem, metadata=metadata), f"token file {path}")

@@ -8,7 +8,6 @@ held-out classifier of another architecture.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -20,6 +19,7 @@ from ..config import DEFAULT_PRESET, TrainConfig, preset_config
 from ..errors import DCTError
 from ..formats.files import atomic_write
 from ..formats.images import make_grid, save_image
+from ..formats.printable import json_text
 from ..formats.tokens import sanitize_name
 from ..method.evaluation import WITH, WITHOUT, compare_with_token, token_quality
 from ..method.training import StepRecord
@@ -169,7 +169,7 @@ def run_demo(
         report.grid_path = save_image(make_grid(grid_rows, min_cell=64, row_labels=grid_labels),
                                       out / "before-after.png")
     if json_path is not None:
-        report.json_path = atomic_write(json_path, json.dumps(report.to_json(), indent=2).encode())
+        report.json_path = atomic_write(json_path, json_text(report.to_json(), indent=2).encode())
     return report
 
 

@@ -84,5 +84,12 @@ TRAIN_DEFAULTS = {**DEMO_RECIPE, "checkpointing": False}
 register_model(NamedModel(MODEL_NAME, load_world_backend, SAMPLING, "the built-in demo world, 32 px",
                           variety=variety_reader, reference_images=reference_renders, prompt_words=prompt_words,
                           train_defaults=TRAIN_DEFAULTS))
-register_classifier_source(ClassifierSource("world", lambda role, options=None: load_world_classifier(role),
+def _world_source(role: str, options=None):
+    if options is not None and (options.labels is not None or options.weights is not None):
+        raise DCTError(f"world:{role} has its own weights and class names: leave out --labels and "
+                       "--classifier-weights (they apply to the other classifier forms).")
+    return load_world_classifier(role)
+
+
+register_classifier_source(ClassifierSource("world", _world_source,
                                             "the demo world's classifiers: world:guide, world:held-out"))
