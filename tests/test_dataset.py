@@ -14,7 +14,7 @@ from PIL import Image
 from dct_core.cli import main
 from dct_core.formats.files import TEMP_SUFFIX
 from dct_core.formats.tokens import ClassToken, save_class_token
-from dct_core.jobs import dataset
+from dct_core.jobs import dataset, dataset_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATES = ["a photo of a {token} {label}", "a {token} {label}"]
@@ -150,3 +150,237 @@ def test_torchrun_split_gives_the_same_tree(library, tmp_path):
     assert (split / "manifest.jsonl").read_bytes() == (single / "manifest.jsonl").read_bytes()
     for name in _pngs(single):
         assert _close((split / name).read_bytes(), (single / name).read_bytes()), name
+
+
+# Nothing lost, every bad input one line (issue 19).
+
+def _one_line_error(capsys, *parts):
+    """The run's stderr ends with one error line (after any progress lines of earlier runs), no traceback."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    err = err.rstrip("\n").rsplit("\n", 1)[-1]
+    assert err.startswith("dct dataset: error: "), err
+    for part in parts:
+        assert str(part) in err, (part, err)
+    return err
+
+
+def _foreign_png(path, size=32):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (size, size), (10, 200, 30)).save(path)
+    return path.read_bytes()
+
+
+def _listing(folder):
+    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None) for p in folder.rglob("*")}
+
+
+def test_out_folder_with_other_files_is_refused_unless_allowed(library, tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("my notes")
+    assert run_dataset(_argv(library, out, 1)) == 2
+    _one_line_error(capsys, out, "'notes.txt'", "--allow-foreign-files")
+    assert _listing(out) == {"notes.txt": b"my notes"}  # nothing written, not even the marker
+
+    assert run_dataset(_argv(library, out, 1, "--allow-foreign-files")) == 0
+    assert (out / "notes.txt").read_bytes() == b"my notes"
+    assert (out / ".dct-dataset").is_file() and len(_manifest(out)) == 2
+
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    assert run_dataset(_argv(library, a_file, 1)) == 2
+    _one_line_error(capsys, a_file, "is a file")
+
+
+def test_foreign_manifest_is_never_overwritten(library, tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "manifest.jsonl").write_text('{"my": "own list"}\n')
+    assert run_dataset(_argv(library, out, 1)) == 2  # not our manifest: the folder is not ours
+    _one_line_error(capsys, "'manifest.jsonl'", "--allow-foreign-files")
+    assert run_dataset(_argv(library, out, 1, "--allow-foreign-files")) == 2  # and it is never replaced
+    _one_line_error(capsys, out / "manifest.jsonl", "not a manifest dct dataset wrote", "move it away")
+    assert _listing(out) == {"manifest.jsonl": b'{"my": "own list"}\n'}  # refused before drawing anything
+
+
+def test_foreign_file_where_an_image_goes_is_an_error_not_adopted(library, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "mine"
+    first = out / "toy-kite" / f"{dataset.FIRST_SEED}.png"
+    second = out / "toy-kite" / f"{dataset.FIRST_SEED + 1}.png"
+    for path, data in ((first, None), (second, b"not an image")):
+        if data is None:
+            data = _foreign_png(path)  # a complete PNG of the right size: used to be adopted as generated
+        else:
+            path.write_bytes(data)
+        before = _listing(out)
+        assert run_dataset(_argv(library, out, 2, "--allow-foreign-files")) == 2
+        _one_line_error(capsys, path, "is not an image dct dataset drew", "move it elsewhere")
+        assert _listing(out) == before  # never overwritten; nothing drawn
+        path.unlink()
+
+    # in our own folder too: an unfinished unit (no record) with someone else's image where one goes
+    assert run_dataset(_argv(library, out, 2)) == 0  # a folder holding only empty folders is a fresh one
+    next(out.glob("toy-kite/.records-*.json")).unlink()
+    mine = _foreign_png(first)
+    assert run_dataset(_argv(library, out, 2)) == 2
+    _one_line_error(capsys, first, "is not an image dct dataset drew")
+    assert first.read_bytes() == mine
+
+
+def test_images_carry_their_record_and_a_kill_mid_unit_resumes(library, tmp_path, monkeypatch):
+    out = tmp_path / "ds"
+    published = []
+    real_write = dataset.atomic_write
+
+    def dying_write(path, data, **k):  # a kill -9 after the second image reached the disk
+        if len(published) == 2:
+            raise KeyboardInterrupt
+        real_write(path, data, **k)
+        published.append(Path(path))
+
+    monkeypatch.setattr(dataset, "atomic_write", dying_write)
+    assert run_dataset(_argv(library, out, 3)) == 130
+    assert (out / ".dct-dataset").is_file() and len(_pngs(out)) == 2 and not list(out.rglob(".records-*"))
+    monkeypatch.undo()
+
+    drawn = []
+    real = dataset.generate_images_for
+
+    def counting(backend, prompts, seeds, *a):
+        drawn.extend(seeds)
+        return real(backend, prompts, seeds, *a)
+
+    monkeypatch.setattr(dataset, "generate_images_for", counting)
+    stamps = {p: p.stat().st_mtime_ns for p in published}
+    assert run_dataset(_argv(library, out, 3)) == 0
+    assert len(drawn) == 4 and {p: p.stat().st_mtime_ns for p in published} == stamps  # the rest, only the rest
+    rows = _manifest(out)
+    assert len(rows) == 6
+    for row in rows:
+        assert set(row) == dataset_folder.RECORD_KEYS  # what tells our records and manifests from others'
+        with Image.open(out / row["file"]) as im:
+            assert json.loads(im.info["dct:record"]) == row
+            assert im.info["dct:seed"] == str(row["seed"]) and im.info["dct:prompt"] == row["prompt"]
+
+
+def test_dataset_from_before_the_marker_is_still_ours(library, tmp_path, monkeypatch):
+    out = tmp_path / "old"
+    assert run_dataset(_argv(library, out, 2)) == 0
+    manifest = (out / "manifest.jsonl").read_bytes()
+    (out / ".dct-dataset").unlink()
+    for png in out.rglob("*.png"):  # images from before they carried their record
+        with Image.open(png) as im:
+            im.load()
+            plain = im.copy()
+        plain.save(png)
+
+    def no_drawing(*a, **k):
+        raise AssertionError("an image of our old dataset was drawn again")
+
+    monkeypatch.setattr(dataset, "generate_images_for", no_drawing)
+    assert run_dataset(_argv(library, out, 2)) == 0  # our manifest: ours; the records list the images
+    assert (out / ".dct-dataset").is_file() and (out / "manifest.jsonl").read_bytes() == manifest
+
+    (out / ".dct-dataset").unlink()
+    (out / "manifest.jsonl").unlink()  # killed before the manifest: the unit records say it is ours
+    assert run_dataset(_argv(library, out, 2)) == 0
+    assert (out / "manifest.jsonl").read_bytes() == manifest
+
+
+def test_damaged_record_files_are_rebuilt(library, tmp_path, monkeypatch):
+    out = tmp_path / "ds"
+    assert run_dataset(_argv(library, out, 2)) == 0
+    record = next(out.glob("toy-kite/.records-*.json"))
+    good, manifest = record.read_bytes(), (out / "manifest.jsonl").read_bytes()
+
+    def no_drawing(*a, **k):
+        raise AssertionError("an image was drawn again")
+
+    monkeypatch.setattr(dataset, "generate_images_for", no_drawing)
+    for damage in (b"not json", b"{}", b'"text"', b"[1, 2]", b"[]", b'[{"seed": 1}]', b"\xff\xfe\x00", b""):
+        record.write_bytes(damage)
+        assert run_dataset(_argv(library, out, 2)) == 0, damage
+        assert record.read_bytes() == good and (out / "manifest.jsonl").read_bytes() == manifest, damage
+
+
+def test_folders_in_place_of_state_files_are_one_line_errors(library, tmp_path, capsys):
+    out = tmp_path / "ds"
+    assert run_dataset(_argv(library, out, 1)) == 0
+    record = next(out.glob("toy-kite/.records-*.json"))
+    record.unlink()
+    record.mkdir()
+    assert run_dataset(_argv(library, out, 1)) == 2
+    _one_line_error(capsys, record, "is a folder")
+    record.rmdir()
+
+    (out / "manifest.jsonl").unlink()
+    (out / "manifest.jsonl").mkdir()
+    assert run_dataset(_argv(library, out, 1)) == 2
+    _one_line_error(capsys, out / "manifest.jsonl", "is a folder")
+    (out / "manifest.jsonl").rmdir()
+
+    image = out / "toy-kite" / f"{dataset.FIRST_SEED}.png"
+    image.unlink()
+    image.mkdir()
+    assert run_dataset(_argv(library, out, 1)) == 2
+    _one_line_error(capsys, image, "is not a file")
+    image.rmdir()
+
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "toy-kite").write_text("a file where the class folder goes")
+    assert run_dataset(_argv(library, fresh, 1, "--allow-foreign-files")) == 2
+    _one_line_error(capsys, fresh / "toy-kite", "is a file")
+    assert run_dataset(_argv(library, out, 1)) == 0  # all put right: it finishes
+
+
+def test_library_that_is_a_file_says_so(library, tmp_path, capsys):
+    token = library / "toy-kite.safetensors"
+    assert run_dataset(_argv(token, tmp_path / "x", 1)) == 2
+    _one_line_error(capsys, token, "is a file; give the library folder")
+
+
+def _one_token_library(folder, **metadata):
+    folder.mkdir(exist_ok=True)
+    meta = {"class_label": "toy kite", "prompt_label": "kite", "templates": json.dumps(TEMPLATES), **metadata}
+    path = folder / "toy-kite.safetensors"
+    save_class_token(ClassToken({"clip_l": torch.ones(1, 64)}, name="toy-kite", metadata=meta), path, overwrite=True)
+    return path
+
+
+@pytest.mark.parametrize("metadata, words", [
+    ({"templates": "[1, 2]"}, "not a list of prompt texts"),
+    ({"templates": '"a {token} {label}"'}, "not a list of prompt texts"),
+    ({"templates": "a {token} {label}"}, "not a list of prompt texts"),
+    ({"templates": "[]"}, "not a list of prompt texts"),
+    ({"templates": '["a {label}"]'}, "{token}"),
+    ({"class_index": "\u0661"}, "not a class number"),  # ARABIC-INDIC DIGIT ONE: isdigit() says yes
+    ({"class_index": "\u00b2"}, "not a class number"),  # SUPERSCRIPT TWO: isdigit() says yes, int() fails
+    ({"class_index": "3.0"}, "not a class number"),
+    ({"class_index": "-1"}, "not a class number"),
+])
+def test_bad_token_metadata_is_one_line_naming_the_file(tmp_path, metadata, words):
+    path = _one_token_library(tmp_path / "lib", **metadata)
+    with pytest.raises(dataset.DCTError) as caught:
+        dataset.plan_classes(tmp_path / "lib")
+    message = str(caught.value)
+    assert str(path) in message and words in message and "\n" not in message
+
+
+def test_token_metadata_that_is_not_text_is_one_line(library, tmp_path, monkeypatch, capsys):
+    path = _one_token_library(tmp_path / "lib", class_index="7")
+    assert [p.class_index for p in dataset.plan_classes(tmp_path / "lib")] == [7]
+    real = dataset.load_class_token
+    for key, value in (("prompt_label", 5), ("class_label", ["toy", "kite"]), ("class_index", True),
+                       ("templates", ["a {token} {label}"])):
+        def odd_metadata(p, key=key, value=value):
+            token = real(p)
+            token.metadata[key] = value
+            return token
+
+        monkeypatch.setattr(dataset, "load_class_token", odd_metadata)
+        assert run_dataset(_argv(tmp_path / "lib", tmp_path / "x", 1)) == 2
+        _one_line_error(capsys, path, key)
+    # a prompt template of the user's replaces the token's templates, however they are written
+    assert run_dataset(_argv(tmp_path / "lib", tmp_path / "x", 1, "--prompt-template", "a {token} {label}")) == 0

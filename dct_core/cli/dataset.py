@@ -20,7 +20,12 @@ def add_parser(sub) -> None:
     options.add_model(p)
     p.add_argument("--library", required=True, help="folder of class tokens (dct library's output)")
     options.add_setting(p, setting("images_per_class"), required=True)
-    p.add_argument("--out", required=True, help="output folder: OUT/<class>/<seed>.png and OUT/manifest.jsonl")
+    p.add_argument("--out", required=True,
+                   help="output folder: OUT/<class>/<seed>.png and OUT/manifest.jsonl (a new or empty folder, or "
+                        "one dct dataset wrote: rerun the same command to finish it)")
+    p.add_argument("--allow-foreign-files", action="store_true",
+                   help="write into an --out folder that holds other files too; they are never overwritten (a file "
+                        "where an image or the manifest goes is an error)")
     p.add_argument("--prompt-template",
                    help="prompt for every class, with {token} and {label} (default: each token's training "
                         "templates, in turn)")
@@ -49,7 +54,8 @@ def run(args) -> int:
         from ..jobs.dataset import write_dataset
 
         summary = write_dataset(backend, args.library, args.out, args.images_per_class, args.prompt_template,
-                                args.without_tokens, args.seed, ranks, sampling=sampling, model=args.model, log=log)
+                                args.without_tokens, args.seed, ranks, sampling=sampling, model=args.model,
+                                allow_foreign=args.allow_foreign_files, log=log)
     if ranks.is_main:
         print(f"{summary.images} images of {summary.classes} classes in {summary.out_dir} (this process wrote "
               f"{summary.written}, found {summary.skipped} already there); manifest: {summary.manifest}")
