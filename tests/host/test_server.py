@@ -74,7 +74,10 @@ def test_the_simple_train_node_the_options_node_and_the_deprecated_legacy_node(s
     assert _widgets(info, OPTIONS) == FIRST_OPTIONS + list(UNSET_NEW_OPTIONS)
     # unset on a fresh options node means the recipe's: 0, empty, "recipe", or -1 where 0 is a value of its own
     # (the seed is the recipes' own 0)
-    defaults = {name: s[1]["default"] for name, s in options["input"]["required"].items()}
+    defaults = {name: s[1]["default"] for part in ("required", "optional")
+                for name, s in options["input"].get(part, {}).items()}
+    # the settings added after 2026-11 are optional: API prompts saved then still validate
+    assert list(options["input"].get("optional", {})) == list(UNSET_NEW_OPTIONS)
     assert {k: v for k, v in defaults.items() if v not in (0, 0.0, "", "recipe")} == {
         "sampler_name": "euler", "scheduler": "normal", "decoder": "checkpoint VAE", "preview_every": 1,
         **{k: v for k, v in UNSET_NEW_OPTIONS.items() if v == -1}}
