@@ -99,3 +99,23 @@ def test_a_token_whose_metadata_is_huge_or_damaged_is_one_line_or_ignored(tmp_pa
         odd = tmp_path / "odd.safetensors"
         save_file(tensors, str(odd), metadata={"dct.encoders": encoders})
         assert set(load_class_token(odd).vectors) == {"clip_l"}  # the tensors' own keys name the encoders
+
+
+@pytest.mark.parametrize("classes, message", [
+    ("0-50000000", "--classes: 0-50000000 is outside 0 to 9"),
+    ("0-2,\u0661", "--classes must be all, indices like 0-9"),
+])
+def test_library_class_ranges_are_checked_before_anything_is_listed(tmp_path, capsys, classes, message):
+    argv = ["library", "--model", "world", "--classifier", "world:guide", "--out", str(tmp_path / "lib"),
+            "--classes", classes]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_a_non_ascii_digit_is_not_a_class_index():
+    from dct_core.classifiers.labels import resolve_class
+
+    with pytest.raises(DCTError):
+        resolve_class(["a", "b"], "\u0661")
+    assert resolve_class(["a", "b"], "1") == 1

@@ -96,7 +96,7 @@ def display_name(label: str) -> str:
 def resolve_class(labels: list[str], query: str | int) -> int:
     """Index of ``query``: an index, or a case-insensitive name matching any comma-separated synonym."""
     text = str(query).strip()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():  # "١" or "²" are digits to Python, not class indices
         index = int(text)
         if not 0 <= index < len(labels):
             raise DCTError(

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from ..formats.printable import printable_lines
 from . import options
 from .loading import classifier_name, load_backend, load_classifier
 
@@ -56,7 +57,7 @@ def run(args) -> int:
         index = build_library(out, classifier, selection, settings, lambda: load_backend(args), ranks)
     if index is None:
         return 0
-    print(format_summary(index))
+    print(printable_lines(format_summary(index)))
     print(f"wrote {out / INDEX_NAME}")
     # A class another run is retrying is that run's to report.
     failed = [e for e in index["classes"] if e["status"] == "failed" and not e.get("running_elsewhere")]

@@ -44,9 +44,11 @@ from ..config import DEFAULT_PRESET, TrainConfig
 from ..errors import DCTError
 from ..formats import locks
 from ..formats.files import atomic_write, remove_stale_temps, temp_name
+from ..formats.printable import json_text, printable
 from ..formats.tokens import load_class_token, sanitize_name
 from ..method.backend import Backend
 from ..method.training import StepRecord, TrainResult
+from ..settings import parse_ranges
 from .distributed import Ranks, barrier
 from .run import RunHooks, TrainJob, run_training
 
@@ -202,17 +204,11 @@ def select_classes(spec: str, classifier: Classifier) -> list[LibraryClass]:
                     asked.add(_fold(line))
                     chosen.append(_unresolved(line, str(exc), taken))
     else:
-        indices: list[int] = []
-        try:
-            for part in spec.split(","):
-                lo, _, hi = part.strip().partition("-")
-                indices += list(range(_ascii_int(lo), _ascii_int(hi) + 1)) if hi else [_ascii_int(lo)]
-        except ValueError:
-            raise DCTError(f"--classes must be all, indices like 0-9 or 3,5,7, or an existing file; got {spec!r}.") \
-                from None
-        bad = [i for i in indices if not 0 <= i < n]
-        if bad:
-            raise DCTError(f"class index {bad[0]} is out of range: the classifier has {n} classes (0-{n - 1}).")
+        if not spec.isascii():
+            raise DCTError(f"--classes must be all, indices like 0-9 or 3,5,7, or an existing file; got "
+                           f"{printable(spec, 80)!r}.")
+        # Checked arithmetically before anything is listed: "0-50000000" costs nothing.
+        indices = parse_ranges("--classes", spec, 0, n - 1, max_count=n)
         chosen = [every[i] for i in indices]
     seen: set[str] = set()
     out = []
@@ -371,7 +367,7 @@ def record_failure(out: Path, c: LibraryClass, message: str, seconds: float = 0.
     """Write the class's failure record (OSError when it cannot be written)."""
     record = {"class": c.key, "index": c.index, "label": c.label, "message": message, "seconds": round(seconds, 2),
               "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    atomic_write(failure_file(out, c.key), json.dumps(record, indent=2).encode())
+    atomic_write(failure_file(out, c.key), json_text(record, indent=2).encode())
 
 
 def clear_failure(out: Path, key: str) -> None:
@@ -489,7 +485,7 @@ def write_index(out: str | os.PathLike, selection: Sequence[LibraryClass] = (),
     index = build_index(out, selection, settings, unrecorded)
     path = Path(out) / INDEX_NAME
     try:
-        atomic_write(path, (json.dumps(index, indent=2) + "\n").encode())
+        atomic_write(path, (json_text(index, indent=2) + "\n").encode())
     except OSError as exc:
         raise DCTError(f"cannot write the library index {path}: {exc.strerror or exc}; make the folder writable "
                        "(and index.json a plain file) and run again.") from None
