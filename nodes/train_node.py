@@ -6,7 +6,6 @@ and a clean Cancel; the token is saved atomically to models/embeddings.
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 
 from dct_core.config import DEFAULT_PRESET, PRESETS, config_values
@@ -14,7 +13,7 @@ from dct_core.errors import DCTError
 from dct_core.formats.images import make_grid
 from dct_core.formats.plot import training_plot
 from dct_core.formats.tokens import sanitize_name, token_path
-from dct_core.jobs.run import RunHooks, RunPlan, TrainJob, before_after, execute, plan_run
+from dct_core.jobs.run import RunHooks, TrainJob, before_after, execute, plan_run
 from dct_core.settings import setting
 
 from .adapters import host_internals as host
@@ -120,7 +119,7 @@ def train(model, clip, vae, classifier, target_class: str, max_steps: int, save_
         config = options.train_config(recipe, max_steps=max_steps or None,
                                       default_resolution=_native_resolution(model))
         name = sanitize_name(save_name) if save_name.strip() else None
-        plan = plan_run(TrainJob(None, classifier, target, config, name=name or "class-token",  # type: ignore[arg-type]
+        plan = plan_run(TrainJob(None, classifier, target, config, name=name or "class-token",
                                  out=token_path(folders.embeddings_dir(), name) if name else None,
                                  overwrite=overwrite, overwrite_hint=OVERWRITE_HINT, recipe=recipe,
                                  base_model=type(model.model).__name__, cancel_exceptions=host.interrupt_exceptions()))
@@ -146,8 +145,7 @@ def train(model, clip, vae, classifier, target_class: str, max_steps: int, save_
         decoder = _load_decoder(options.host("decoder"), model)
         backend = ComfyBackend(model, clip, vae, sampler_name=options.host("sampler_name"),
                                scheduler=options.host("scheduler"), decoder=decoder)
-        plan = RunPlan(dataclasses.replace(plan.job, backend=backend), plan.out)
-        outcome = execute(plan, RunHooks(on_step=on_step, should_cancel=host.interrupted))
+        outcome = execute(plan.with_backend(backend), RunHooks(on_step=on_step, should_cancel=host.interrupted))
         result = outcome.result
         if outcome.save_error is not None:
             raise RuntimeError(outcome.save_error)

@@ -27,21 +27,19 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..formats.tokens import check_save_target, sanitize_name
+    from ..formats.tokens import sanitize_name
     from ..jobs.run import RunHooks, TrainJob, execute, plan_run
 
     config = options.train_config(args)
-    out = Path(args.out)
-    name = sanitize_name(out.name)
-    # Before loading anything big: a bad --out costs seconds, not a training.
-    check_save_target(out, overwrite=args.overwrite, overwrite_hint=OVERWRITE_HINT)
+    name = sanitize_name(Path(args.out).name)
     classifier, target = classifier_and_target(args)
+    # Settings, class and --out checked once, before the model loads: a bad --out costs seconds, not a training.
     plan = plan_run(TrainJob(
-        backend=load_backend(args), classifier=classifier, target=target, config=config, name=name,
-        prompt_label=args.prompt_label, target_on=not args.target_off, out=out, overwrite=args.overwrite,
+        backend=None, classifier=classifier, target=target, config=config, name=name,
+        prompt_label=args.prompt_label, target_on=not args.target_off, out=Path(args.out), overwrite=args.overwrite,
         overwrite_hint=OVERWRITE_HINT, recipe=args.recipe, base_model=Path(args.model).name,
         classifier_name=classifier_name(args),
-    ))
+    )).with_backend(load_backend(args))
     print(f"training a token for class {target} {printable(plan.job.label)!r} with {printable(classifier.describe())} "
           f"(recipe {args.recipe})", file=sys.stderr)
     assert plan.out is not None

@@ -10,7 +10,7 @@ The token file's metadata (safetensors header, keys prefixed ``dct.``; hosts ign
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -52,9 +52,10 @@ METADATA_KEYS: dict[str, str] = {**_JOB_KEYS, **{s.name: s.help for s in SETTING
 
 @dataclass
 class TrainJob:
-    """What to train and where it goes. ``out`` None: keep the token in memory only."""
+    """What to train and where it goes. ``out`` None: keep the token in memory only. ``backend`` may come after
+    planning (RunPlan.with_backend), so that a bad setting or save target fails before a model is loaded."""
 
-    backend: Backend
+    backend: Backend | None
     classifier: Classifier
     target: int
     config: TrainConfig
@@ -81,6 +82,9 @@ class RunPlan:
 
     job: TrainJob
     out: Path | None  # the checked save target (suffix added), or None: in memory only
+
+    def with_backend(self, backend: Backend) -> RunPlan:
+        return RunPlan(replace(self.job, backend=backend), self.out)
 
 
 @dataclass
@@ -172,6 +176,8 @@ def plan_run(job: TrainJob) -> RunPlan:
 def execute(plan: RunPlan, hooks: RunHooks | None = None) -> RunOutcome:
     """Train, then keep the token by the one policy (see RunOutcome)."""
     job, hooks = plan.job, hooks or RunHooks()
+    if job.backend is None:
+        raise ValueError("execute needs the plan's backend: RunPlan.with_backend(backend).")
     result = train_class_token(job.backend, job.classifier, job.target, job.label, job.config, name=job.name,
                                on_step=hooks.on_step, should_cancel=hooks.should_cancel,
                                metadata=token_metadata(job), target_on=job.target_on,
