@@ -19,7 +19,7 @@ from dct_core.settings import setting
 
 from .adapters import host_internals as host
 from .adapters.autograd import autograd_enabled, trainable_weights
-from .adapters.node_api import io
+from .adapters.node_api import io, schema_fields
 from .adapters.settings_widgets import widget
 from .adapters.sockets import CATEGORY, ClassifierSocket
 
@@ -100,6 +100,7 @@ class AdaptiveClassGuidance(io.ComfyNode):
         d = AdaptiveConfig()
         return io.Schema(
             node_id="DCTAdaptiveClassGuidance",
+            **schema_fields(search_aliases=["DATE", "classifier guidance", "adaptive text embedding", "DCT"]),
             display_name="Adaptive Class Guidance (DATE)",
             category=CATEGORY,
             description="Patches a MODEL so that, during normal sampling, the prompt's conditioning is nudged "

@@ -9,7 +9,7 @@ from dct_core.errors import DCTError
 from dct_core.registry import AUTO_KIND, node_kinds, node_spec
 
 from .adapters import model_folders as folders
-from .adapters.node_api import io, ui
+from .adapters.node_api import io, schema_fields, ui
 from .adapters.sockets import CATEGORY, ClassifierSocket
 
 
@@ -18,6 +18,7 @@ class LoadClassifier(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="DCTLoadClassifier",
+            **schema_fields(search_aliases=["classifier", "imagenet", "timm", "CLIP zero-shot", "DCT"]),
             display_name="Load Classifier (DCT)",
             category=CATEGORY,
             description="Loads the image classifier that teaches a class token, offline, from models/classifiers.",

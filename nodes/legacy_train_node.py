@@ -10,10 +10,10 @@ from typing import Any
 from dct_core.config import DEFAULT_PRESET, PRESETS, preset_config
 
 from .adapters import host_internals as host
-from .adapters.node_api import io
+from .adapters.node_api import io, schema_fields
 from .adapters.settings_widgets import recipe_value
 from .adapters.sockets import CATEGORY
-from .train_node import DISPLAY_NAME, deprecated, outputs, subject_inputs, train, unique_id
+from .train_node import DISPLAY_NAME, outputs, subject_inputs, train, unique_id
 from .training_options import CHECKPOINT_VAE, TrainingOptions, decoders
 
 LEGACY_SUFFIX = " (legacy, all settings)"
@@ -111,7 +111,9 @@ class TrainClassToken(io.ComfyNode):
             ],
             outputs=outputs(),
             hidden=[io.Hidden.unique_id],
-            **deprecated(),
+            # Deprecated, never io.NodeReplace'd onto DCTTrainToken: a replacement would drop the settings on its
+            # widgets, and saved workflows must train as they did.
+            **schema_fields(is_deprecated=True),
         )
 
     @classmethod

@@ -8,7 +8,7 @@ from dct_core.errors import DCTError
 from dct_core.formats.tokens import ClassToken, load_class_token, sanitize_name, save_class_token, validate_class_token
 
 from .adapters import model_folders as folders
-from .adapters.node_api import io, ui
+from .adapters.node_api import io, schema_fields, ui
 from .adapters.sockets import CATEGORY, ClassTokenSocket
 from .adapters.tokenizer_hook import clip_with_token, text_models, token_registered, with_trigger
 
@@ -35,6 +35,7 @@ class ApplyClassToken(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="DCTApplyClassToken",
+            **schema_fields(search_aliases=["embedding", "textual inversion", "class token", "DCT"]),
             display_name="Apply Class Token (DCT)",
             category=CATEGORY,
             description="Encodes a prompt with the class token spliced in at its trigger word, in memory (no "
@@ -67,6 +68,7 @@ class ClassTokenClip(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="DCTClassTokenClip",
+            **schema_fields(search_aliases=["embedding", "class token", "DCT"]),
             display_name="Class Token CLIP (DCT)",
             category=CATEGORY,
             description="Returns a CLIP that understands the token's trigger word, for any stock CLIPTextEncode "
@@ -90,6 +92,7 @@ class LoadClassToken(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="DCTLoadClassToken",
+            **schema_fields(search_aliases=["load embedding", "class token", "DCT"]),
             display_name="Load Class Token (DCT)",
             category=CATEGORY,
             description="Loads a class token (or any textual-inversion embedding) from models/embeddings: "
@@ -133,6 +136,7 @@ class SaveClassToken(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="DCTSaveClassToken",
+            **schema_fields(search_aliases=["save embedding", "class token", "DCT"]),
             display_name="Save Class Token (DCT)",
             category=CATEGORY,
             description="Saves a class token to models/embeddings (atomic write) in a format ComfyUI, "

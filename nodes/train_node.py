@@ -6,8 +6,6 @@ and a clean Cancel; the token is saved atomically to models/embeddings.
 
 from __future__ import annotations
 
-import inspect
-
 from dct_core.config import DEFAULT_PRESET, PRESETS, config_values
 from dct_core.errors import DCTError
 from dct_core.formats.images import make_grid
@@ -21,7 +19,7 @@ from .adapters import model_folders as folders
 from .adapters.autograd import autograd_enabled, out_of_place_clip, trainable_weights
 from .adapters.comfy_backend import ComfyBackend
 from .adapters.images import captioned, pil_to_host_image
-from .adapters.node_api import io, ui
+from .adapters.node_api import io, schema_fields, ui
 from .adapters.settings_widgets import describe, widget
 from .adapters.sockets import CATEGORY, ClassifierSocket, ClassTokenSocket, TrainingOptionsSocket
 from .training_options import CHECKPOINT_VAE, TrainingOptions
@@ -29,12 +27,6 @@ from .training_options import CHECKPOINT_VAE, TrainingOptions
 OVERWRITE_HINT = "enable 'overwrite' or change save_name"
 PROGRESS_EVENT = "dct.train.progress"
 DISPLAY_NAME = "Train Discriminative Token (DCT)"
-
-
-def deprecated() -> dict:
-    """``is_deprecated=True`` where the host's io.Schema has it (0.3.6x does): the frontend then leaves the node
-    out of its search and library but still loads saved workflows with it."""
-    return {"is_deprecated": True} if "is_deprecated" in inspect.signature(io.Schema).parameters else {}
 
 
 def subject_inputs() -> list:
@@ -66,6 +58,8 @@ class TrainToken(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="DCTTrainToken",
+            **schema_fields(search_aliases=[
+                "textual inversion", "train embedding", "class token", "classifier guidance", "DCT"]),
             display_name=DISPLAY_NAME,
             category=CATEGORY,
             description="Learns a class token from a classifier on the connected model (its LoRAs and patches "

@@ -17,7 +17,7 @@ from dct_core.errors import DCTError
 from dct_core.settings import BACKEND, GENERATION, PROGRESS, TRAINING, setting
 
 from .adapters.host_internals import sampler_names, scheduler_names
-from .adapters.node_api import io
+from .adapters.node_api import io, schema_fields
 from .adapters.settings_widgets import from_widgets, node_settings, widget
 from .adapters.sockets import CATEGORY, TrainingOptionsSocket
 
@@ -81,6 +81,7 @@ class TrainingOptionsNode(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="DCTTrainingOptions",
+            **schema_fields(search_aliases=["DCT settings", "learning rate", "DCT"]),
             display_name="DCT Training Options",
             category=CATEGORY,
             description="More settings for Train Discriminative Token (DCT): plug into its 'options' input. A "

@@ -7,6 +7,7 @@ autograd gets plain tensors that share the inference tensors' storage (read only
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -104,12 +105,43 @@ def _out_of_place_forward(self, x, mask=None, optimized_attention=None):
     return x + self.mlp(self.layer_norm2(x))
 
 
+SWAPPED_SIGNATURE = ["self", "x", "mask", "optimized_attention"]  # the forward our twin stands in for (0.3.6x)
+
+
+def _in_place_adds(forward) -> bool | None:
+    """Whether the forward's source adds in place (``+=``), None where the source cannot be read."""
+    try:
+        source = inspect.getsource(forward)
+    except (OSError, TypeError):
+        return None
+    return "+=" in source
+
+
+def clip_forward_plan(forward) -> str:
+    """What to do with the host's ``CLIPLayer.forward``: "swap" (the signature our twin copies, 0.3.6x), "keep"
+    (another signature, but the forward is already out of place), else HostMismatch naming the internal: a
+    twin with the wrong signature would drop arguments silently."""
+    params = list(inspect.signature(forward).parameters)
+    if params == SWAPPED_SIGNATURE:
+        return "swap"
+    if _in_place_adds(forward) is False:
+        return "keep"
+    raise host.HostMismatch(
+        f"{host.host_version()} changed comfy.clip_model.CLIPLayer.forward to ({', '.join(params)}), which adds "
+        "in place (breaks the gradient); the Discriminative Class Tokens pack knows the forward "
+        f"({', '.join(SWAPPED_SIGNATURE)}) and supports {host.SUPPORTED_HOSTS}: update the pack.")
+
+
 @contextmanager
 def out_of_place_clip() -> Iterator[None]:
     """The host's ``CLIPLayer.forward`` does ``x += ...``, which breaks backward; use an out-of-place twin
-    for the duration and put the original back."""
+    for the duration and put the original back. The twin is used only where the host's forward has the
+    signature it copies; see ``clip_forward_plan``."""
     layer = host.clip_layer_class()
     original = layer.forward
+    if clip_forward_plan(original) == "keep":
+        yield
+        return
     layer.forward = _out_of_place_forward
     try:
         yield

@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 import importlib
+import inspect
+from typing import Any
 
 SUPPORTED_HOSTS = "ComfyUI 0.3.60 or newer (tested: 0.3.64)"
 
@@ -22,4 +24,13 @@ else:  # pragma: no cover - only on a host without the V3 node API
     raise ImportError(f"this ComfyUI has no comfy_api.v0_0_2 or comfy_api.latest node API; the Discriminative "
                       f"Class Tokens pack needs {SUPPORTED_HOSTS}.")
 
-__all__ = ["API_VERSION", "ComfyExtension", "SUPPORTED_HOSTS", "io", "ui"]
+
+
+def schema_fields(**fields: Any) -> dict[str, Any]:
+    """The optional ``io.Schema`` fields this host knows (e.g. ``is_deprecated`` since 0.3.6x, ``search_aliases``
+    in 2026 hosts); the others are left out, so one schema works on old and new hosts alike."""
+    known = inspect.signature(io.Schema).parameters
+    return {name: value for name, value in fields.items() if name in known}
+
+
+__all__ = ["API_VERSION", "ComfyExtension", "SUPPORTED_HOSTS", "io", "schema_fields", "ui"]

@@ -116,3 +116,52 @@ def test_a_dynamic_vram_model_trains_through_its_static_delegate_or_is_refused_w
     with pytest.raises(h.HostMismatch, match="--disable-dynamic-vram"):
         h.static_patchers_ok(static, _Patcher(True))
     h.static_patchers_ok(static, None)
+
+
+def test_the_clip_forward_is_swapped_only_where_its_signature_is_the_one_the_twin_copies(host, monkeypatch):
+    autograd, h = _mod("adapters.autograd"), _mod("adapters.host_internals")
+    layer = h.clip_layer_class()
+    assert autograd.clip_forward_plan(layer.forward) == "swap"  # 0.3.64
+
+    def newer_in_place(self, x, mask=None, optimized_attention=None, attention_bias=None):
+        x += self.mlp(x)
+        return x
+
+    def newer_out_of_place(self, x, mask=None, optimized_attention=None, attention_bias=None):
+        return x + self.mlp(x)
+
+    assert autograd.clip_forward_plan(newer_out_of_place) == "keep"
+    with pytest.raises(h.HostMismatch, match=r"CLIPLayer.forward to \(self, x, mask, optimized_attention, "
+                                             r"attention_bias\).*update the pack"):
+        autograd.clip_forward_plan(newer_in_place)
+    original = layer.forward
+    monkeypatch.setattr(layer, "forward", newer_out_of_place)
+    with autograd.out_of_place_clip():
+        assert layer.forward is newer_out_of_place  # already autograd-safe: the host's own forward runs
+    monkeypatch.setattr(layer, "forward", newer_in_place)
+    with pytest.raises(h.HostMismatch):
+        with autograd.out_of_place_clip():
+            pass
+    assert layer.forward is newer_in_place
+    monkeypatch.setattr(layer, "forward", original)
+    with autograd.out_of_place_clip():
+        assert layer.forward is not original
+    assert layer.forward is original
+
+
+def test_search_aliases_reach_hosts_whose_schema_has_them_and_older_hosts_never_see_them(host, monkeypatch):
+    import dataclasses
+
+    api = _mod("adapters.node_api")
+    train = _mod("train_node").TrainToken
+    assert api.schema_fields(search_aliases=["x"]) == {}  # 0.3.64's io.Schema has no such field
+    assert "search_aliases" not in vars(train.define_schema())
+
+    @dataclasses.dataclass
+    class NewerSchema(api.io.Schema):
+        search_aliases: list | None = None
+
+    monkeypatch.setattr(api.io, "Schema", NewerSchema)
+    assert "textual inversion" in train.define_schema().search_aliases
+    legacy = _mod("legacy_train_node").TrainClassToken.define_schema()
+    assert legacy.is_deprecated and legacy.search_aliases is None  # deprecated nodes stay out of the search
