@@ -11,6 +11,8 @@ copies, and the updated tensors replace only those copies.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from dct_core.errors import DCTError
@@ -19,9 +21,12 @@ from dct_core.settings import setting
 
 from .adapters import host_internals as host
 from .adapters.autograd import autograd_enabled, trainable_weights
+from .adapters.decoders import installed as installed_decoders
+from .adapters.decoders import load_taesd
 from .adapters.node_api import io, schema_fields
 from .adapters.settings_widgets import widget
 from .adapters.sockets import CATEGORY, ClassifierSocket
+from .adapters.static_models import static_model, taesd_in_place_of
 
 WRAPPER_KEY = "dct_date"
 
@@ -30,7 +35,9 @@ def _step_index(sigma: torch.Tensor, sample_sigmas: torch.Tensor) -> int:
     return int((sample_sigmas[:-1].to(sigma.device) - sigma.flatten()[0]).abs().argmin())
 
 
-def make_date_wrapper(vae, classifier, target: int, config: AdaptiveConfig):
+def make_date_wrapper(vae, classifier, target: int, config: AdaptiveConfig, decoder: torch.nn.Module | None = None):
+    """The PREDICT_NOISE wrapper; ``decoder``: a TAESD decoding the predicted image instead of ``vae`` (a VAE loaded
+    with dynamic VRAM)."""
     state: dict = {}
 
     def wrapper(executor, x, timestep, model_options, seed):
@@ -43,8 +50,8 @@ def make_date_wrapper(vae, classifier, target: int, config: AdaptiveConfig):
                          steps=set(config.update_steps(len(sigmas) - 1)))
         if _step_index(timestep, sigmas) in state["steps"]:
             host.throw_if_interrupted()
-            positive = _updated(guider, state["original"], x, timestep, model_options, seed, vae, classifier, target,
-                                config)
+            positive = _updated(guider, state["original"], x, timestep, model_options, seed, vae, decoder,
+                                classifier, target, config)
             guider.conds = {**guider.conds, "positive": positive}
         return executor(x, timestep, model_options, seed)
 
@@ -61,14 +68,16 @@ def _with_crossattn(entry: dict, tensor: torch.Tensor) -> dict:
     return new
 
 
-def _updated(guider, original, x, timestep, model_options, seed, vae, classifier, target, config):
+def _updated(guider, original, x, timestep, model_options, seed, vae, taesd, classifier, target, config):
     """The positive cond entries after one chosen step's updates (the engine's loop): copies of ``original``'s
     entries with their cross-attention tensors replaced."""
     repeat_to_batch_size, sampling_function = host.require("repeat_to_batch_size"), host.require("sampling_function")
-    model, decoder = guider.inner_model, vae.first_stage_model
+    model = guider.inner_model
+    decoder = vae.first_stage_model if taesd is None else taesd
     with autograd_enabled(), trainable_weights([model, decoder, classifier.module]):
         x, timestep = x.detach().clone(), timestep.detach().clone()  # plain tensors autograd may save
-        host.load_models([vae.patcher])  # once per chosen step, not per update
+        if taesd is None:
+            host.load_models([vae.patcher])  # once per chosen step, not per update
         param = next(decoder.parameters())
 
         def per_image(entries: list[dict]) -> list[torch.Tensor]:
@@ -135,7 +144,16 @@ class AdaptiveClassGuidance(io.ComfyNode):
             config.validate()
         except DCTError as exc:
             raise ValueError(str(exc)) from exc
-        patched = model.clone()
+        # The gradient passes through the model and the decoder: on a dynamic-VRAM host the model's static copy
+        # is patched (and samples), and an installed TAESD decodes in place of a dynamic VAE (static_models.py).
+        patched = static_model(model).clone()
+        stand_in = taesd_in_place_of(vae, model, installed_decoders())
+        taesd = None
+        if stand_in is not None:
+            with torch.inference_mode(False):
+                taesd = load_taesd(stand_in, model)
+            logging.warning("[DCT] Adaptive Class Guidance: the VAE is loaded with dynamic VRAM, which no gradient "
+                            "may pass through; %s decodes the predicted images instead.", stand_in)
         patched.add_wrapper_with_key(host.require("PREDICT_NOISE"), WRAPPER_KEY,
-                                     make_date_wrapper(vae, classifier, target, config))
+                                     make_date_wrapper(vae, classifier, target, config, decoder=taesd))
         return io.NodeOutput(patched)

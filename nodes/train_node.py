@@ -6,6 +6,8 @@ and a clean Cancel; the token is saved atomically to models/embeddings.
 
 from __future__ import annotations
 
+import torch
+
 from dct_core.config import DEFAULT_PRESET, PRESETS, config_values
 from dct_core.errors import DCTError
 from dct_core.formats.images import make_grid
@@ -18,10 +20,13 @@ from .adapters import host_internals as host
 from .adapters import model_folders as folders
 from .adapters.autograd import autograd_enabled, out_of_place_clip, trainable_weights
 from .adapters.comfy_backend import ComfyBackend
+from .adapters.decoders import installed as installed_decoders
+from .adapters.decoders import load_taesd
 from .adapters.images import captioned, pil_to_host_image
 from .adapters.node_api import io, schema_fields, ui
 from .adapters.settings_widgets import describe, widget
 from .adapters.sockets import CATEGORY, ClassifierSocket, ClassTokenSocket, TrainingOptionsSocket
+from .adapters.static_models import taesd_in_place_of
 from .training_options import CHECKPOINT_VAE, TrainingOptions
 
 OVERWRITE_HINT = "enable 'overwrite' or change save_name"
@@ -136,7 +141,7 @@ def train(model, clip, vae, classifier, target_class: str, max_steps: int, save_
 
     # The classifier was loaded by a node, i.e. under inference mode: autograd gets plain aliases of its weights.
     with autograd_enabled(), out_of_place_clip(), trainable_weights([classifier.module]):
-        decoder = _load_decoder(options.host("decoder"), model)
+        decoder, decoder_note = _decoder(options.host("decoder"), model, vae)
         backend = ComfyBackend(model, clip, vae, sampler_name=options.host("sampler_name"),
                                scheduler=options.host("scheduler"), decoder=decoder)
         outcome = execute(plan.with_backend(backend), RunHooks(on_step=on_step, should_cancel=host.interrupted))
@@ -154,24 +159,22 @@ def train(model, clip, vae, classifier, target_class: str, max_steps: int, save_
         before, after = before_after(backend, vectors, config.templates, label, seeds, config.sampling)
     plot = training_plot([r.loss for r in result.history], [r.accuracy for r in result.history])
     summary = (f"{label} ({target}): {outcome.summary()}\nrecipe {recipe}; settings: "
-               f"{describe(config_values(config))}")
+               f"{describe(config_values(config))}{decoder_note}")
     grid = pil_to_host_image(make_grid([before, after], min_cell=min(256, config.sampling.resolution),
                                        row_labels=["without\ntoken", "with\ntoken"]))
     return io.NodeOutput(result.token, pil_to_host_image(plot), grid, ui=ui.PreviewText(summary))
 
 
-def _load_decoder(choice: str, model):
-    """A TAESD decoder from models/vae_approx (differentiable, ~1 M parameters), or None for the VAE."""
+def _decoder(choice: str, model, vae) -> tuple[torch.nn.Module | None, str]:
+    """The differentiable decoder for the training signal (None: the checkpoint VAE) and a line for the node's
+    output when the choice was not the user's: a VAE loaded with dynamic VRAM gives way to an installed TAESD."""
     if choice == CHECKPOINT_VAE:
-        return None
-    import folder_paths
-
-    fmt = model.get_model_object("latent_format")
-    taesd = host.require("TAESD")(decoder_path=folder_paths.get_full_path_or_raise("vae_approx", choice),
-                                  latent_channels=fmt.latent_channels)
-    taesd.vae_scale.data.fill_(fmt.scale_factor)
-    taesd.vae_shift.data.fill_(getattr(fmt, "shift_factor", 0.0) or 0.0)
-    return taesd.eval().to(host.torch_device())
+        stand_in = taesd_in_place_of(vae, model, installed_decoders())
+        if stand_in is None:
+            return None, ""
+        return load_taesd(stand_in, model), (f"\ntraining signal: {stand_in} (the VAE is loaded with dynamic VRAM, "
+                                             "which no gradient may pass through)")
+    return load_taesd(choice, model), ""
 
 
 def _send_progress(node_id, record, label: str) -> None:

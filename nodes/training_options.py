@@ -16,6 +16,7 @@ from dct_core.config import TrainConfig, preset_config
 from dct_core.errors import DCTError
 from dct_core.settings import BACKEND, GENERATION, PROGRESS, TRAINING, setting
 
+from .adapters.decoders import installed as installed_decoders
 from .adapters.host_internals import sampler_names, scheduler_names
 from .adapters.node_api import io, schema_fields
 from .adapters.settings_widgets import from_widgets, node_settings, widget
@@ -62,9 +63,7 @@ class TrainingOptions:
 
 # ---- widget helpers shared with the Train nodes ---------------------------------------------------------------
 def decoders() -> list[str]:
-    import folder_paths
-
-    return [CHECKPOINT_VAE] + [f for f in folder_paths.get_filename_list("vae_approx") if "decoder" in f]
+    return [CHECKPOINT_VAE, *installed_decoders()]
 
 
 HOST_CHOICES = {"sampler_name": sampler_names, "scheduler": scheduler_names, "decoder": decoders}

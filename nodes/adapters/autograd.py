@@ -42,6 +42,14 @@ def _plain_alias(t: torch.Tensor) -> torch.Tensor | None:
     return alias
 
 
+def _with_attributes(plain: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``plain`` carrying the Python attributes the host set on ``t`` (2026 cores read ``weight._model_dtype`` to
+    size a streamed weight's slot)."""
+    for key, value in vars(t).items():
+        setattr(plain, key, value)
+    return plain
+
+
 @contextmanager
 def trainable_weights(modules: Iterable[torch.nn.Module]) -> Iterator[None]:
     """Put a plain alias in place of every inference-tensor parameter and buffer, so autograd can save them for
@@ -63,7 +71,8 @@ def trainable_weights(modules: Iterable[torch.nn.Module]) -> Iterator[None]:
                                 plain = t.detach().clone()
                         swapped.append((store, name, t))
                         is_param = store is m._parameters
-                        store[name] = torch.nn.Parameter(plain, requires_grad=False) if is_param else plain
+                        store[name] = _with_attributes(
+                            torch.nn.Parameter(plain, requires_grad=False) if is_param else plain, t)
         yield
     finally:
         for store, name, t in reversed(swapped):

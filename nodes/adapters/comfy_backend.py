@@ -20,6 +20,7 @@ from dct_core.method.prompts import TOKEN_MARK
 
 from . import host_internals as host
 from .autograd import gradient_checkpointing, trainable_weights
+from .static_models import require_static_vae, static_clip, static_model
 from .tokenizer_hook import sub_tokenizers, text_models, token_registered
 
 TRIGGER = "dct-class-token"  # the name the learned vectors answer to while the engine encodes prompts
@@ -71,8 +72,8 @@ def _grad_tail_sampler(checkpoint: bool, patcher=None):
 class ComfyBackend:
     """Implements dct_core.method.backend.Backend. Call inside ``autograd_enabled()`` and ``out_of_place_clip()``.
 
-    A MODEL loaded with dynamic VRAM (2026 hosts) trains through its non-dynamic delegate, as core's own trainer
-    does; a dynamic text encoder (or VAE, when it gives the training signal) is refused with the switch to use."""
+    A MODEL or text encoder loaded with dynamic VRAM (2026 hosts) trains through a static copy; a dynamic VAE may
+    not give the training signal (the Train node picks an installed TAESD instead): static_models.py."""
 
     def __init__(self, model, clip, vae, *, sampler_name: str = "euler", scheduler: str = "normal",
                  decoder: torch.nn.Module | None = None, checkpointing: bool = True):
@@ -80,9 +81,11 @@ class ComfyBackend:
             raise DCTError(f"unknown sampler {sampler_name!r}; pick one of the host's samplers.")
         if scheduler not in host.scheduler_names():
             raise DCTError(f"unknown scheduler {scheduler!r}; pick one of the host's schedulers.")
-        host.static_patchers_ok(getattr(clip, "patcher", None), getattr(vae, "patcher", None) if decoder is None
-                                else None)
-        self.model, self.clip, self.vae = host.static_model(model), clip, vae
+        if decoder is None:
+            require_static_vae(vae)
+        # On a dynamic-VRAM host: static copies of the MODEL and text encoder (static_models.py); else themselves.
+        self.model, self.clip, self.vae = static_model(model), static_clip(clip), vae
+        clip = self.clip
         self.sampler_name, self.scheduler = sampler_name, scheduler
         self.sampler = f"{sampler_name}/{scheduler}"  # as token metadata records it
         self.decoder = decoder  # optional differentiable decoder for the training signal (TAESD)

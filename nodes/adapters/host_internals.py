@@ -158,33 +158,3 @@ def training_flag() -> Iterator[None]:
         yield
     finally:
         mm.in_training = before
-
-
-def is_dynamic(patcher) -> bool:
-    """Whether a ModelPatcher streams its weights (dynamic VRAM, on by default in 2026 hosts on CUDA)."""
-    check = getattr(patcher, "is_dynamic", None)
-    return bool(check()) if callable(check) else False
-
-
-def static_model(model):
-    """The MODEL to train with: itself, or for a dynamic-VRAM model its non-dynamic delegate (core's own
-    convention; a dynamic model's forward may use cached cast weights, so autograd-safe aliases of
-    ``module.weight`` would not reach it). Refuses, naming the switch, where the host offers no delegate."""
-    if not is_dynamic(model):
-        return model
-    delegate = getattr(model, "get_non_dynamic_delegate", None)
-    if callable(delegate):
-        static = delegate()
-        if static is not None and not is_dynamic(static):
-            return static
-    raise HostMismatch(f"{host_version()} loaded this model with dynamic VRAM and offers no static copy to train "
-                       "with; start ComfyUI with --disable-dynamic-vram to train class tokens.")
-
-
-def static_patchers_ok(*patchers) -> None:
-    """The CLIP and VAE patchers must not stream weights either (no delegate there): refuse with the switch."""
-    for patcher in patchers:
-        if patcher is not None and is_dynamic(patcher):
-            raise HostMismatch(f"{host_version()} loaded the text encoder or VAE with dynamic VRAM, whose "
-                               "weights training cannot reach; start ComfyUI with --disable-dynamic-vram to "
-                               "train class tokens.")
