@@ -10,7 +10,7 @@ import importlib
 import inspect
 from typing import Any
 
-SUPPORTED_HOSTS = "ComfyUI 0.3.60 or newer (tested: 0.3.64)"
+SUPPORTED_HOSTS = "ComfyUI 0.3.60 or newer (tested: 0.3.64; read against the 2026 cores up to 0.38.1)"
 
 for _version in ("comfy_api.v0_0_2", "comfy_api.latest"):
     try:
