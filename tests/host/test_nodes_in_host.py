@@ -142,12 +142,13 @@ def _engine_configs(monkeypatch) -> list:
 
 def test_fresh_seeds_reach_the_engine(host, loaded, classifier, monkeypatch):
     legacy = _node(host, "legacy_train_node", "TrainClassToken")
-    configs = _engine_configs(monkeypatch)
+    seen = _configs_only(monkeypatch)
     model, clip, vae = loaded
     for fresh in (True, None):  # None: a workflow saved before the input existed
         over = {"fresh_seeds": fresh} if fresh is not None else {}
-        _run(legacy, **_train_inputs(model, clip, vae, classifier, steps=1, save_name="", **over))
-    assert [c.fresh_seeds for c in configs] == [True, False]
+        with pytest.raises(_Stop):
+            _run(legacy, **_train_inputs(model, clip, vae, classifier, steps=1, save_name="", **over))
+    assert [c.fresh_seeds for c, _ in seen] == [True, False]
 
 
 def test_the_file_loads_through_embedding_syntax_like_apply_class_token(host, loaded):
@@ -390,14 +391,16 @@ def test_the_recipe_combo_decides_what_is_left_at_zero(host, loaded, classifier,
     """A new node (settings at 0 / empty) trains with the chosen recipe; a workflow saved before the recipe input
     existed runs the paper's recipe with its own values, as it did then."""
     legacy = _node(host, "legacy_train_node", "TrainClassToken")
-    configs = _engine_configs(monkeypatch)
+    seen = _configs_only(monkeypatch)
     model, clip, vae = loaded
     fresh = dict(init_word="", templates="", learning_rate=0.0, batch_size=0, accuracy_threshold=0.0, patience=0,
                  backprop_depth=0, steps=1, save_name="")
-    _run(legacy, **_train_inputs(model, clip, vae, classifier, recipe="balanced", **fresh))
-    _run(legacy, **_train_inputs(model, clip, vae, classifier, recipe="paper", **fresh))
-    _run(legacy, **_train_inputs(model, clip, vae, classifier, steps=1, save_name=""))
-    balanced, paper, old = configs
+    for inputs in (_train_inputs(model, clip, vae, classifier, recipe="balanced", **fresh),
+                   _train_inputs(model, clip, vae, classifier, recipe="paper", **fresh),
+                   _train_inputs(model, clip, vae, classifier, steps=1, save_name="")):
+        with pytest.raises(_Stop):
+            _run(legacy, **inputs)
+    balanced, paper, old = (config for config, _ in seen)
     assert balanced.gradient_point == "x0" and balanced.lr == 0.05 and balanced.fresh_seeds
     assert paper.gradient_point == "last" and paper.lr == 0.00125 and paper.batch_size == 5
     assert old.gradient_point == "last" and old.lr == 0.1 and old.backprop_depth == 3  # its own values, paper's rest
@@ -638,17 +641,25 @@ def test_the_host_training_flag_is_set_during_training_and_restored(host, loaded
     must not get one."""
     import comfy.model_management as mm
 
+    import dct_core.jobs.run as run_mod
+
     model, clip, vae = loaded
-    train_mod = __import__("dct_pack.nodes.train_node", fromlist=["x"])  # where both Train nodes train
     legacy = _node(host, "legacy_train_node", "TrainClassToken")
+    seen: list = []
+
+    def spy(*args, **kwargs):  # where the run layer starts the engine: the flag as the training sees it
+        seen.append(getattr(mm, "in_training", "absent"))
+        raise _Stop
+
+    monkeypatch.setattr(run_mod, "train_class_token", spy)
     had_flag = hasattr(mm, "in_training")
-    _run(legacy, **_train_inputs(model, clip, vae, classifier, steps=1, save_name=""))
-    assert hasattr(mm, "in_training") == had_flag  # nothing added to a host without the flag
+    with pytest.raises(_Stop):
+        _run(legacy, **_train_inputs(model, clip, vae, classifier, steps=1, save_name=""))
+    assert hasattr(mm, "in_training") == had_flag and seen == ["absent"]  # nothing added to a host without it
     monkeypatch.setattr(mm, "in_training", False, raising=False)
-    seen = []
-    monkeypatch.setattr(train_mod, "_send_progress", lambda *a: seen.append(mm.in_training))
-    _run(legacy, **_train_inputs(model, clip, vae, classifier, steps=2, save_name=""))
-    assert seen == [True, True] and mm.in_training is False
+    with pytest.raises(_Stop):  # stopped by an error mid-training: the flag is restored all the same
+        _run(legacy, **_train_inputs(model, clip, vae, classifier, steps=2, save_name=""))
+    assert seen == ["absent", True] and mm.in_training is False
 
 
 def test_the_nodes_use_a_numbered_node_api(host):
