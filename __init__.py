@@ -2,8 +2,13 @@
 
 The engine is the plain package dct_core (no ComfyUI import); the node glue is in nodes/. Only the V3
 entry point is exported: a module that also exported NODE_CLASS_MAPPINGS would have it ignored.
+
+When a package the nodes need is missing, the import logs ONE line (what is missing, how to install it) and exports
+an empty NODE_CLASS_MAPPINGS instead: no nodes, no traceback, and the host keeps starting.
 """
 
+import importlib.util
+import logging
 import os
 import sys
 
@@ -13,10 +18,34 @@ _here = os.path.dirname(os.path.abspath(__file__))
 if _here not in sys.path:
     sys.path.append(_here)
 
-WEB_DIRECTORY = "./web"
-__all__ = ["WEB_DIRECTORY"]
+# What the nodes import besides the host's torch (requirements.txt; PIL is pillow). Only looked up, not imported.
+_REQUIRED = ("diffusers", "transformers", "timm", "safetensors", "numpy", "PIL", "tqdm")
 
-if __package__:  # imported by the host as a package (not as a loose module, e.g. by pytest's rootdir scan)
-    from .nodes import comfy_entrypoint  # noqa: E402, F401
 
-    __all__.append("comfy_entrypoint")
+def _missing_packages() -> list:
+    missing = []
+    for name in _REQUIRED:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            missing.append(name)
+    return missing
+
+
+_missing = _missing_packages() if __package__ else []
+if _missing:
+    logging.warning(
+        "[discriminative-class-tokens] not loaded, missing Python packages: %s. Install them into ComfyUI's Python: "
+        '"%s" -m pip install -r "%s", then restart ComfyUI.', ", ".join(_missing), sys.executable,
+        os.path.join(_here, "requirements.txt"))
+    NODE_CLASS_MAPPINGS: dict = {}  # loaded as a pack with no nodes (no web extension either)
+    __all__ = ["NODE_CLASS_MAPPINGS"]
+else:
+    WEB_DIRECTORY = "./web"
+    __all__ = ["WEB_DIRECTORY"]
+    if __package__:  # imported by the host as a package (not as a loose module, e.g. by pytest's rootdir scan)
+        from .nodes import comfy_entrypoint  # noqa: F401
+
+        __all__.append("comfy_entrypoint")
