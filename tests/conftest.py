@@ -14,6 +14,28 @@ from dct_core.testing.tiny import TINY_LABELS, tiny_classifier, tiny_pipeline  #
 
 TINY_SAMPLING = SamplingConfig(resolution=32, sampling_steps=4, guidance=7.0)
 
+SLOW_HOW = "slow test (minutes): run with --run-slow or DCT_SLOW=1"
+
+
+def pytest_addoption(parser):
+    # here, not in tests/host/conftest.py: a plain `pytest` from the root loads only this conftest before it
+    # parses the command line
+    parser.addoption("--run-slow", action="store_true", default=False,
+                     help="also run the tests marked slow (or set DCT_SLOW=1)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", f"slow: {SLOW_HOW}; skipped otherwise")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--run-slow") or os.environ.get("DCT_SLOW", "") not in ("", "0"):
+        return
+    skip = pytest.mark.skip(reason=SLOW_HOW)
+    for item in items:
+        if item.get_closest_marker("slow") is not None:
+            item.add_marker(skip)
+
 
 def calibrated_classifier(backend, seed: int = 0):
     prompts = [f"a photo of a {label.split(',')[0]}" for label in TINY_LABELS] * 2

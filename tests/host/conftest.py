@@ -3,7 +3,8 @@
 Skipped, with the reason printed, when no host is found or its requirements are not installed. The host's
 code is never copied into this repository; a random-weight SD1.5-layout checkpoint (full SD1.5 widths, as
 the host's model detection demands, everything else shrunk; TAESD-layout VAE) is built here from the
-host's own modules.
+host's own modules. An SDXL-layout one (sdxl_checkpoint.py, 1.9 GB: the host demands the full clip_g) is built
+once into a cache for the slow tests/host/test_sdxl_in_host.py.
 """
 
 from __future__ import annotations
