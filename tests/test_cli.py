@@ -38,7 +38,7 @@ def test_train_writes_a_token_that_generate_and_eval_use(files, capsys):
     assert token.vectors["clip_l"].shape == (1, 32)
     assert token.metadata["class_label"] == "tiger cat" and token.metadata["class_index"] == "1"
     assert token.metadata["trained_steps"] == "3" and json.loads(token.metadata["templates"])
-    assert (root / "tiger-cat-previews" / "step-0000.png").is_file()
+    assert (root / "tiger-cat-previews" / "step-0001.png").is_file()
     assert main(args) == 2  # no silent overwrite
     assert "already exists" in capsys.readouterr().err
 

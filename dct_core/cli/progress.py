@@ -39,11 +39,11 @@ def step_printer(total: int, preview_dir: Path | None = None, every: int = 0):
     def on_step(record, images):
         bar.update(1)
         bar.set_postfix(loss=f"{record.loss:.4f}", acc=f"{record.accuracy:.2f}")
-        tqdm.write(f"step {record.step:3d}  loss {record.loss:.4f}  accuracy {record.accuracy:.2f}  "
+        tqdm.write(f"step {record.step + 1:3d}  loss {record.loss:.4f}  accuracy {record.accuracy:.2f}  "
                    f"p(target) {record.target_prob:.3f}  {record.seconds:.2f}s", file=sys.stderr)
         if preview_dir is not None and every and record.step % every == 0:
             from ..formats.images import make_grid, save_image
 
-            save_image(make_grid([images]), preview_dir / f"step-{record.step:04d}.png")
+            save_image(make_grid([images]), preview_dir / f"step-{record.step + 1:04d}.png")
 
     return bar, on_step

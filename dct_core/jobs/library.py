@@ -614,7 +614,7 @@ class _Progress:
 
     def on_step(self, record: StepRecord, images: torch.Tensor) -> None:
         self.bar.update(1)
-        self.bar.set_description_str(f"{self.prefix} step {record.step} acc {record.accuracy:.2f}")
+        self.bar.set_description_str(f"{self.prefix} step {record.step + 1} acc {record.accuracy:.2f}")
 
     def finish(self, entry: dict) -> None:
         status = entry["status"]

@@ -39,7 +39,8 @@ _JOB_KEYS: dict[str, str] = {
 }
 _RESULT_KEYS: dict[str, str] = {
     "sampler": "sampler and scheduler while training",
-    "steps": "the optimization step the saved token comes from (the best one)",
+    "steps": "the optimization step the saved token comes from (the best one), counted from 0 as in every file "
+             "saved so far (what a person reads counts from 1)",
     "accuracy": "guiding classifier's batch accuracy at that step",
     "loss": "the loss at that step",
     "trained_steps": "optimization steps run",
@@ -128,22 +129,24 @@ class RunOutcome:
         return None
 
     def diverged_message(self) -> str:
-        return (f"training diverged: non-finite loss or gradient at step {len(self.result.history)}. Lower the "
+        return (f"training diverged: non-finite loss or gradient at step {len(self.result.history) + 1}. Lower the "
                 "learning rate (lr) or the guidance.")
 
     def summary(self, label: str = "") -> str:
-        """One line: why it stopped, the best step, where the token went."""
+        """One line: why it stopped, the best step (counted from 1, as every progress display), where the token
+        went."""
         best = self.result.best
         where = f"; saved {self.path}" if self.path is not None else ""
         head = f"{label}: " if label else ""
         return (f"{head}stopped by {self.result.stopped} after {len(self.result.history)} steps; best step "
-                f"{best.step if best else '-'} accuracy {best.accuracy if best else 0:.2f}{where}")
+                f"{best.step + 1 if best else '-'} accuracy {best.accuracy if best else 0:.2f}{where}")
 
     def cli_line(self) -> str:
-        """The line `dct train` has always printed (scripts read it)."""
+        """The line `dct train` has always printed (scripts read it); its step counted from 1 since 2026-12, as the
+        progress lines count."""
         best = self.result.best
         assert best is not None
-        return (f"stopped: {self.result.stopped}; best step {best.step}: accuracy {best.accuracy:.2f}, "
+        return (f"stopped: {self.result.stopped}; best step {best.step + 1}: accuracy {best.accuracy:.2f}, "
                 f"loss {best.loss:.4f}")
 
 

@@ -40,24 +40,6 @@ def _run(node, **inputs):
         return node.execute(**inputs)
 
 
-@pytest.fixture(scope="module")
-def classifier(host, loaded):
-    """A tiny random classifier calibrated on images the host model draws (see dct_core.testing.tiny)."""
-    from dct_core.config import SamplingConfig
-    from dct_core.method.generation import generate_images
-    from dct_core.testing.tiny import TINY_LABELS, tiny_classifier
-
-    backend_cls = _node(host, "adapters.comfy_backend", "ComfyBackend")
-    autograd = _node(host, "adapters.autograd", "autograd_enabled")
-    model, clip, vae = loaded
-    with torch.inference_mode(), autograd():
-        backend = backend_cls(model, clip, vae)
-        prompts = [f"a photo of a {label.split(',')[0]}" for label in TINY_LABELS]
-        images = generate_images(backend, prompts, range(100, 100 + len(prompts)),
-                                 SamplingConfig(resolution=64, sampling_steps=3, guidance=7.0))
-    return tiny_classifier(images, seed=0)
-
-
 def _fingerprint(model, clip, vae):
     out = {}
     for tag, module in (("unet", model.model), ("clip", clip.cond_stage_model), ("vae", vae.first_stage_model)):
@@ -524,7 +506,7 @@ def test_settings_new_to_the_options_node_reach_the_engine_and_the_result_lists_
     assert out.result[0].vectors["clip_l"].shape == (2, 768)  # the token trained has the two vectors asked for
 
     head, listed = out.ui.as_dict()["text"][0].split("\n")
-    assert head.startswith("tiger cat (1): stopped by max_steps after 1 steps; best step 0 accuracy ")
+    assert head.startswith("tiger cat (1): stopped by max_steps after 1 steps; best step 1 accuracy ")
     assert listed.startswith("recipe paper; settings: ")
     for name in config_values(config):  # every setting, the recipe's included
         assert f" {name} " in listed, name
