@@ -63,16 +63,18 @@ def with_overrides(api: dict, *tables: dict) -> dict:
 
 
 def with_training_options(api: dict, info: dict, **values) -> dict:
-    """A copy with a DCT Training Options node (its /object_info defaults, ``values`` over them) plugged into
-    every simple Train node that has none."""
+    """A copy with ``values`` set on the DCT Training Options node plugged into every simple Train node (one with
+    its /object_info defaults is plugged in where a Train node has none)."""
     api = copy.deepcopy(api)
     spec = info[OPTIONS]["input"]
     inputs = {name: s[1]["default"] for part in ("required", "optional") for name, s in spec.get(part, {}).items()}
     assert set(values) <= set(inputs), f"not options: {set(values) - set(inputs)}"
-    node_id = str(max(int(k) for k in api) + 1)
-    api[node_id] = {"class_type": OPTIONS, "inputs": {**inputs, **values}, "_meta": {"title": "options"}}
     for node in nodes_of(api, TRAIN):
-        assert "options" not in node["inputs"]
+        if "options" in node["inputs"]:
+            api[node["inputs"]["options"][0]]["inputs"].update(values)
+            continue
+        node_id = str(max(int(k) for k in api) + 1)
+        api[node_id] = {"class_type": OPTIONS, "inputs": {**inputs, **values}, "_meta": {"title": "options"}}
         node["inputs"]["options"] = [node_id, 0]
     return api
 
@@ -113,11 +115,18 @@ def test_examples_use_only_registered_nodes_and_convert(server):
         ui_to_api(wf, info)  # widget counts and value types match the node definitions
 
     train, apply, compare = (ui_to_api(load(n), info) for n in ORDER)
-    (trainer,) = nodes_of(train, TRAIN)  # the simple face: no legacy node, no options node needed
+    (trainer,) = nodes_of(train, TRAIN)  # the simple face, on the default recipe, with an Options node to hand
     assert not nodes_of(train, LEGACY_TRAIN)
     assert set(trainer["inputs"]) == {"model", "clip", "vae", "classifier", "target_class", "max_steps",
-                                      "save_name", "overwrite", "recipe"}
-    assert trainer["inputs"]["recipe"] == "paper" and trainer["inputs"]["max_steps"] == 0  # the paper's, as before
+                                      "save_name", "overwrite", "recipe", "options"}
+    from dct_core.config import DEFAULT_PRESET
+
+    assert trainer["inputs"]["recipe"] == DEFAULT_PRESET == "balanced" and trainer["inputs"]["max_steps"] == 0
+    (options,) = nodes_of(train, OPTIONS)
+    assert train[trainer["inputs"]["options"][0]] is options
+    spec = info[OPTIONS]["input"]
+    defaults = {name: s[1]["default"] for part in ("required", "optional") for name, s in spec.get(part, {}).items()}
+    assert options["inputs"] == defaults  # every setting at "the recipe's value": the example trains as the recipe
     token_file = trainer["inputs"]["save_name"] + ".safetensors"
     for api in (apply, compare):
         assert [n["inputs"]["token"] for n in nodes_of(api, "DCTLoadClassToken")] == [token_file]
@@ -143,7 +152,7 @@ def test_examples_run_in_order_train_apply_compare(server):
     save_name = train[trainer_id]["inputs"]["save_name"]
     meta = token_metadata(server, save_name)
     # the example's recipe, with the options node's settings over it and the recipe's everywhere it says 0
-    assert (meta["recipe"], meta["lr"], meta["init_word"], meta["fresh_seeds"]) == ("paper", "0.00125", "a", "false")
+    assert (meta["recipe"], meta["lr"], meta["init_word"], meta["fresh_seeds"]) == ("balanced", "0.05", "a", "true")
     assert (meta["resolution"], meta["sampling_steps"], meta["batch_size"]) == ("64", "2", "2")
     assert meta["sampler"] == "euler/normal" and meta["guidance"] == "7.0" and meta["max_steps"] == "2"
     previews = [k for k, n in train.items() if n["class_type"] == "PreviewImage"]
