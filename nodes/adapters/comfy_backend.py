@@ -120,6 +120,7 @@ class ComfyBackend:
         """The prompts' conditioning ([B, L, D], pooled [B, P] where the model has one), with the class-token
         positions marked; ``to_host`` turns it into a host CONDITIONING."""
         conds, pooled, masks = [], [], []
+        unique = list(dict.fromkeys(prompts))  # each distinct prompt encoded once (a batch often repeats one)
         self.clip.load_model()
         grad = torch.is_grad_enabled()
         encoder = self.clip.cond_stage_model
@@ -127,13 +128,15 @@ class ComfyBackend:
             if grad and self.checkpointing else nullcontext()
         with trainable_weights([encoder]) if grad else nullcontext(), ckpt:
             with token_registered(self.clip.tokenizer, TRIGGER, dict(vectors or {})):
-                for prompt in prompts:
+                for prompt in unique:
                     text = prompt.replace(TOKEN_MARK, f" embedding:{TRIGGER} ") if vectors else prompt
                     tokens = self.clip.tokenize(text)
                     out = self.clip.encode_from_tokens(tokens, return_pooled=True, return_dict=True)
                     conds.append(out.pop("cond"))
                     pooled.append(out.get("pooled_output"))
                     masks.append(_embedding_positions(tokens))
+        rows = [unique.index(p) for p in prompts]
+        conds, pooled, masks = [conds[i] for i in rows], [pooled[i] for i in rows], [masks[i] for i in rows]
         hidden = torch.cat(conds)
         mask = torch.stack(masks) if len({m.shape[0] for m in masks}) == 1 else None
         if mask is not None and mask.shape[1] != hidden.shape[1]:
