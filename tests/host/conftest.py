@@ -120,3 +120,23 @@ def server(host, sd15_checkpoint, tmp_path_factory):
     srv.start()
     yield srv
     srv.stop()
+
+
+@pytest.fixture(scope="session")
+def classifier(host, loaded):
+    """A tiny random classifier calibrated on images the host model draws (see dct_core.testing.tiny)."""
+    import importlib
+
+    from dct_core.config import SamplingConfig
+    from dct_core.method.generation import generate_images
+    from dct_core.testing.tiny import TINY_LABELS, tiny_classifier
+
+    backend_cls = importlib.import_module(f"{PACK_NAME}.nodes.adapters.comfy_backend").ComfyBackend
+    autograd = importlib.import_module(f"{PACK_NAME}.nodes.adapters.autograd").autograd_enabled
+    model, clip, vae = loaded
+    with torch.inference_mode(), autograd():
+        backend = backend_cls(model, clip, vae)
+        prompts = [f"a photo of a {label.split(',')[0]}" for label in TINY_LABELS]
+        images = generate_images(backend, prompts, range(100, 100 + len(prompts)),
+                                 SamplingConfig(resolution=64, sampling_steps=3, guidance=7.0))
+    return tiny_classifier(images, seed=0)

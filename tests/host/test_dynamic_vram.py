@@ -13,7 +13,7 @@ import torch
 
 from dct_core.formats.tokens import load_class_token
 
-from .test_nodes_in_host import _node, _run, _train_inputs, classifier  # noqa: F401  (classifier: a fixture)
+from .test_nodes_in_host import _node, _run, _train_inputs
 
 GGUF_ERROR = "Cannot create non-dynamic delegate: cached_patcher_init is not initialized."
 
@@ -150,7 +150,7 @@ def test_a_dynamic_vae_gives_way_to_an_installed_taesd_or_both_ways_out_are_name
         backend_cls(model, loaded[1], fake)  # the backend never takes a gradient through a dynamic VAE
 
 
-def test_a_dynamic_vram_host_trains_without_a_restart_flag(host, loaded, classifier, taesd_installed):  # noqa: F811
+def test_a_dynamic_vram_host_trains_without_a_restart_flag(host, loaded, classifier, taesd_installed):
     """MODEL through its delegate, text encoder through clone(disable_dynamic=True), the training signal from the
     installed TAESD in place of the dynamic VAE (said in the output); the user's objects are left as they were."""
     model, clip, vae = loaded
@@ -171,7 +171,7 @@ def sm_is_dynamic(host, patcher) -> bool:
     return _static_models(host)["is_dynamic"](patcher)
 
 
-def test_the_date_node_patches_the_static_copy_and_decodes_with_taesd_on_a_dynamic_host(host, loaded, classifier,  # noqa: F811
+def test_the_date_node_patches_the_static_copy_and_decodes_with_taesd_on_a_dynamic_host(host, loaded, classifier,
                                                                                         taesd_installed):
     import nodes as host_nodes
 
