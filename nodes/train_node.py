@@ -30,7 +30,10 @@ from .adapters.static_models import taesd_in_place_of
 from .training_options import CHECKPOINT_VAE, TrainingOptions
 
 OVERWRITE_HINT = "enable 'overwrite' or change save_name"
-PROGRESS_EVENT = "dct.train.progress"
+PROGRESS_EVENT = "dct.train.progress"  # each finished step: the live chart
+STARTED_EVENT = "dct.train.started"  # training begins: the frontend clears the previous run's chart and outputs
+STOPPED_EVENT = "dct.train.stopped"  # Cancel: which step's token was saved, and where
+SAVED_EVENT = "dct.train.saved"  # a token file was written: the frontend refreshes its model lists
 DISPLAY_NAME = "Train Discriminative Token (DCT)"
 
 
@@ -130,8 +133,9 @@ def train(model, clip, vae, classifier, target_class: str, max_steps: int, save_
     bar = host.progress_bar(steps, node_id)
 
     def on_step(record, images):
-        if host.interrupted():
-            return  # the loop stops at its next poll and keeps the best token
+        if host.interrupted():  # the loop stops at its next poll and keeps the best token
+            _send_progress(node_id, record, label)  # the chart still gets the step (the bar would raise the Cancel)
+            return
         preview = None
         if preview_every and record.step % preview_every == 0:
             caption = f"step {record.step + 1}/{steps}  loss {record.loss:.3f}  accuracy {record.accuracy:.2f}"
@@ -139,6 +143,7 @@ def train(model, clip, vae, classifier, target_class: str, max_steps: int, save_
         bar.update_absolute(record.step + 1, steps, preview)
         _send_progress(node_id, record, label)
 
+    _send_event(STARTED_EVENT, node_id, {"label": f"{label} ({target})", "steps": steps})
     # The classifier was loaded by a node, i.e. under inference mode: autograd gets plain aliases of its weights.
     with autograd_enabled(), out_of_place_clip(), trainable_weights([classifier.module]):
         decoder, decoder_note = _decoder(options.host("decoder"), model, vae)
@@ -146,8 +151,12 @@ def train(model, clip, vae, classifier, target_class: str, max_steps: int, save_
                                scheduler=options.host("scheduler"), decoder=decoder)
         outcome = execute(plan.with_backend(backend), RunHooks(on_step=on_step, should_cancel=host.interrupted))
         result = outcome.result
+        if outcome.path is not None:
+            _send_event(SAVED_EVENT, node_id, {"path": str(outcome.path), "name": outcome.path.name})
         if outcome.save_error is not None:
             raise RuntimeError(outcome.save_error)
+        if outcome.cancelled:  # say on the node what the Cancel kept, before handing the Cancel back
+            _send_event(STOPPED_EVENT, node_id, _stopped(outcome, f"{label} ({target})"))
         if result.cancel_exception is not None:
             raise result.cancel_exception  # the host cancelled mid-step (and cleared its flag): hand it back
         if outcome.cancelled:
@@ -156,7 +165,11 @@ def train(model, clip, vae, classifier, target_class: str, max_steps: int, save_
             raise RuntimeError(outcome.error())
         vectors = {k: v.to(backend.device) for k, v in result.token.vectors.items()}
         seeds = list(range(config.seed, config.seed + min(config.batch_size, 4)))
-        before, after = before_after(backend, vectors, config.templates, label, seeds, config.sampling)
+        try:
+            before, after = before_after(backend, vectors, config.templates, label, seeds, config.sampling)
+        except host.interrupt_exceptions():  # cancelled after training, while drawing the before/after images
+            _send_event(STOPPED_EVENT, node_id, _stopped(outcome, f"{label} ({target})", after_training=True))
+            raise
     plot = training_plot([r.loss for r in result.history], [r.accuracy for r in result.history])
     summary = (f"{label} ({target}): {outcome.summary()}\nrecipe {recipe}; settings: "
                f"{describe(config_values(config))}{decoder_note}")
@@ -177,13 +190,36 @@ def _decoder(choice: str, model, vae) -> tuple[torch.nn.Module | None, str]:
     return load_taesd(choice, model), ""
 
 
+def _stopped(outcome, subject: str, after_training: bool = False) -> dict:
+    """What the node says after a Cancel: where it stopped, which step's token was kept and where (steps counted
+    from 1, as in the result text and on the chart)."""
+    result, best = outcome.result, outcome.result.best
+    done = len(result.history)
+    if after_training:
+        head = f"{subject}: cancelled after training ({done} steps), while drawing the before/after images"
+    else:
+        head = f"{subject}: cancelled at step {done + 1} ({done} steps finished)"
+    if best is not None and outcome.path is not None:
+        text = f"{head}; best step {best.step + 1}'s token (accuracy {best.accuracy:.2f}) saved to {outcome.path}"
+    elif best is not None:
+        text = f"{head}; best step {best.step + 1}'s token was not saved (save_name is empty)"
+    else:
+        text = f"{head}; no step had finished, so no token was saved"
+    return {"text": text, "steps": done, "best_step": best.step + 1 if best is not None else None,
+            "path": str(outcome.path) if outcome.path is not None else None}
+
+
 def _send_progress(node_id, record, label: str) -> None:
+    _send_event(PROGRESS_EVENT, node_id, {"step": record.step, "loss": record.loss, "accuracy": record.accuracy,
+                                          "target_prob": record.target_prob, "label": label})
+
+
+def _send_event(event: str, node_id, data: dict) -> None:
+    """A message to the browser that queued the prompt (web/dct.js listens), when a server runs."""
     try:
         from server import PromptServer
     except ImportError:  # running without the server (scripts, in-process tests)
         return
     server = getattr(PromptServer, "instance", None)
     if server is not None:
-        server.send_sync(PROGRESS_EVENT, {"node": node_id, "step": record.step, "loss": record.loss,
-                                          "accuracy": record.accuracy, "target_prob": record.target_prob,
-                                          "label": label}, server.client_id)
+        server.send_sync(event, {"node": node_id, **data}, server.client_id)

@@ -82,6 +82,18 @@ def test_the_options_node_help_page_names_every_input():
     assert not missing, missing
 
 
+def test_help_pages_have_a_localized_copy_that_matches():
+    """The frontends ask for docs/<NodeId>/<locale>.md first, then docs/<NodeId>.md (other locales): both are
+    shipped, and must say the same."""
+    pages = sorted(DOCS.glob("*.md"))
+    assert len(pages) >= 9
+    for page in pages:
+        localized = DOCS / page.stem / "en.md"
+        assert localized.is_file(), f"{localized} missing (copy {page.name} there)"
+        assert localized.read_text() == page.read_text(), f"{localized} and {page.name} differ: keep them identical"
+        assert "\n| " not in page.read_text(), f"{page.name}: tables are clipped in the narrow side panel"
+
+
 def test_the_sampler_option_reaches_a_built_in_models_backend():
     from dct_core.cli.loading import load_backend
 

@@ -70,7 +70,7 @@ def _clone_takes_disable_dynamic(clip_class: type) -> bool:
         return False
 
 
-def static_clip(clip):
+def static_clip(clip: Any) -> Any:
     """``clip`` itself, or for a dynamic text encoder a static clone of it (HostMismatch where the host cannot)."""
     if not is_dynamic(getattr(clip, "patcher", None)):
         return clip

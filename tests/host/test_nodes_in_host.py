@@ -199,6 +199,8 @@ def test_cancel_mid_training_keeps_a_usable_token(host, loaded, classifier, monk
             mm.interrupt_current_processing(True)  # what the Cancel button does
 
     monkeypatch.setattr(train_mod, "_send_progress", cancel_after_two)
+    events: list = []
+    monkeypatch.setattr(train_mod, "_send_event", lambda event, node, data: events.append((event, data)))
     try:
         with pytest.raises(mm.InterruptProcessingException):
             _run(legacy, **_train_inputs(model, clip, vae, classifier, steps=20, backprop_depth=1,
@@ -206,6 +208,12 @@ def test_cancel_mid_training_keeps_a_usable_token(host, loaded, classifier, monk
     finally:
         mm.interrupt_current_processing(False)
     assert seen == [0, 1]
+    # the node says what the Cancel kept (web/dct.js shows it on the node): steps counted from 1, the file named
+    stopped = [data for event, data in events if event == train_mod.STOPPED_EVENT]
+    assert [e for e, _ in events] == [train_mod.STARTED_EVENT, train_mod.SAVED_EVENT, train_mod.STOPPED_EVENT]
+    assert stopped[0]["steps"] == 2 and stopped[0]["best_step"] in (1, 2)
+    assert "cancelled at step 3 (2 steps finished)" in stopped[0]["text"]
+    assert stopped[0]["text"].endswith("cancelled-token.safetensors")
     token = load_class_token(host["models"] / "embeddings" / "cancelled-token.safetensors")
     assert token.metadata["trained_steps"] == "2" and torch.isfinite(token.vectors["clip_l"]).all()
     assert "_try_get_embedding" not in vars(clip.tokenizer.clip_l)
