@@ -19,7 +19,6 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-from typing import Any
 
 from . import host_internals as host
 
@@ -70,7 +69,7 @@ def _clone_takes_disable_dynamic(clip_class: type) -> bool:
         return False
 
 
-def static_clip(clip: Any) -> Any:
+def static_clip(clip):
     """``clip`` itself, or for a dynamic text encoder a static clone of it (HostMismatch where the host cannot)."""
     if not is_dynamic(getattr(clip, "patcher", None)):
         return clip
@@ -80,7 +79,7 @@ def static_clip(clip: Any) -> Any:
         static = clip.clone(disable_dynamic=True)
     except RuntimeError as exc:
         raise _refused("the text encoder", f"and cannot reload a static copy of it ({_first_line(exc)})") from exc
-    loaded: Any = getattr(static.patcher, "model", None)
+    loaded = getattr(static.patcher, "model", None)
     if loaded is not None and static.cond_stage_model is not loaded:
         # 0.38: the static patcher holds its own, freshly loaded encoder while the clone's cond_stage_model still
         # is the dynamic one (which encode would run): encode with the static one. The clone is ours alone.
