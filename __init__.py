@@ -7,7 +7,6 @@ When a package the nodes need is missing, the import logs ONE line (what is miss
 an empty NODE_CLASS_MAPPINGS instead: no nodes, no traceback, and the host keeps starting.
 """
 
-import importlib.util
 import logging
 import os
 import sys
@@ -18,23 +17,12 @@ _here = os.path.dirname(os.path.abspath(__file__))
 if _here not in sys.path:
     sys.path.append(_here)
 
-# What the nodes import besides the host's torch (requirements.txt; PIL is pillow). Only looked up, not imported.
-_REQUIRED = ("diffusers", "transformers", "timm", "safetensors", "numpy", "PIL", "tqdm")
+if __package__:  # install.py's check, less the host's own torch/torchvision (ComfyUI would not start without them)
+    from .install import HOST_OWNED, REQUIRED, missing_packages
 
-
-def _missing_packages() -> list:
-    missing = []
-    for name in _REQUIRED:
-        try:
-            found = importlib.util.find_spec(name) is not None
-        except (ImportError, ValueError):
-            found = False
-        if not found:
-            missing.append(name)
-    return missing
-
-
-_missing = _missing_packages() if __package__ else []
+    _missing = missing_packages([name for name in REQUIRED if name not in HOST_OWNED])
+else:
+    _missing = []
 if _missing:
     logging.warning(
         "[discriminative-class-tokens] not loaded, missing Python packages: %s. Install them into ComfyUI's Python: "

@@ -15,9 +15,10 @@ PIP_NAME = {"PIL": "pillow"}
 TAG = "[discriminative-class-tokens]"
 
 
-def missing_packages() -> list[str]:
+def missing_packages(names: list[str] = REQUIRED) -> list[str]:
+    """Those of ``names`` (import names) that cannot be found; only looked up, never imported."""
     missing = []
-    for name in REQUIRED:
+    for name in names:
         try:
             found = importlib.util.find_spec(name) is not None
         except (ImportError, ValueError):  # a broken or half-imported package counts as missing

@@ -128,6 +128,7 @@ def train(model, clip, vae, classifier, target_class: str, max_steps: int, save_
     except DCTError as exc:
         raise ValueError(str(exc)) from exc
     label = classifier.class_name(target)
+    subject = f"{label} ({target})"  # how the node's texts name the class
     steps = config.max_steps
     preview_every = options.host("preview_every")
     bar = host.progress_bar(steps, node_id)
@@ -143,7 +144,7 @@ def train(model, clip, vae, classifier, target_class: str, max_steps: int, save_
         bar.update_absolute(record.step + 1, steps, preview)
         _send_progress(node_id, record, label)
 
-    _send_event(STARTED_EVENT, node_id, {"label": f"{label} ({target})", "steps": steps})
+    _send_event(STARTED_EVENT, node_id, {"label": subject, "steps": steps})
     # The classifier was loaded by a node, i.e. under inference mode: autograd gets plain aliases of its weights.
     with autograd_enabled(), out_of_place_clip(), trainable_weights([classifier.module]):
         decoder, decoder_note = _decoder(options.host("decoder"), model, vae)
@@ -156,7 +157,7 @@ def train(model, clip, vae, classifier, target_class: str, max_steps: int, save_
         if outcome.save_error is not None:
             raise RuntimeError(outcome.save_error)
         if outcome.cancelled:  # say on the node what the Cancel kept, before handing the Cancel back
-            _send_event(STOPPED_EVENT, node_id, _stopped(outcome, f"{label} ({target})"))
+            _send_event(STOPPED_EVENT, node_id, _stopped(outcome, subject))
         if result.cancel_exception is not None:
             raise result.cancel_exception  # the host cancelled mid-step (and cleared its flag): hand it back
         if outcome.cancelled:
@@ -168,10 +169,10 @@ def train(model, clip, vae, classifier, target_class: str, max_steps: int, save_
         try:
             before, after = before_after(backend, vectors, config.templates, label, seeds, config.sampling)
         except host.interrupt_exceptions():  # cancelled after training, while drawing the before/after images
-            _send_event(STOPPED_EVENT, node_id, _stopped(outcome, f"{label} ({target})", after_training=True))
+            _send_event(STOPPED_EVENT, node_id, _stopped(outcome, subject, after_training=True))
             raise
     plot = training_plot([r.loss for r in result.history], [r.accuracy for r in result.history])
-    summary = (f"{label} ({target}): {outcome.summary()}\nrecipe {recipe}; settings: "
+    summary = (f"{subject}: {outcome.summary()}\nrecipe {recipe}; settings: "
                f"{describe(config_values(config))}{decoder_note}")
     grid = pil_to_host_image(make_grid([before, after], min_cell=min(256, config.sampling.resolution),
                                        row_labels=["without\ntoken", "with\ntoken"]))

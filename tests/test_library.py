@@ -110,19 +110,25 @@ def test_torchrun_splits_classes_over_ranks(tmp_path):
     assert done.stdout.count("4 done, 0 failed, 0 pending") == 1  # only rank 0 prints the summary
 
 
+def _box_fails(monkeypatch, message: str):
+    """Training class 5 (box) raises ``message``; every other class trains. Returns the real run_training."""
+    real = library.run_training
+
+    def box_fails(job, **kw):
+        if job.target == 5:
+            raise RuntimeError(message)
+        return real(job, **kw)
+
+    monkeypatch.setattr(library, "run_training", box_fails)
+    return real
+
+
 def test_failed_class_is_recorded_and_retried(tmp_path, monkeypatch):
     out = tmp_path / "lib"
     listing = tmp_path / "classes.txt"
     listing.write_text("ball\nunicorn\n5\n")
     argv = ["library", *TINY, "--classes", str(listing), "--out", str(out), "--steps", "1"]
-    real = library.run_training
-
-    def box_fails(job, **kw):
-        if job.target == 5:
-            raise RuntimeError("simulated crash in training")
-        return real(job, **kw)
-
-    monkeypatch.setattr(library, "run_training", box_fails)
+    real = _box_fails(monkeypatch, "simulated crash in training")
     assert main(argv) == 1
     by_class = {e["class"]: e for e in _index(out)["classes"]}
     assert by_class["ball"]["status"] == "done"
@@ -250,14 +256,7 @@ def test_unusable_labels_fail_alone_and_unwritable_records_do_not_stop_the_run(t
 def test_a_failure_record_that_is_a_folder_is_warned_about(lib, monkeypatch, capsys):
     (lib / "box.safetensors").unlink()
     (lib / ".failed" / "box.json").mkdir(parents=True)
-    real = library.run_training
-
-    def box_fails(job, **kw):
-        if job.target == 5:
-            raise RuntimeError("simulated crash")
-        return real(job, **kw)
-
-    monkeypatch.setattr(library, "run_training", box_fails)
+    real = _box_fails(monkeypatch, "simulated crash")
     assert main(["library", *ONE_STEP, "--classes", "4,5", "--out", str(lib)]) == 1
     assert "simulated crash" in _by_class(lib)["box"]["message"]
     assert capsys.readouterr().err.count("warning:") == 1
