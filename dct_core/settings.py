@@ -320,3 +320,40 @@ def format_value(value: Any) -> str:
 
         return json.dumps(list(value))
     return str(value)
+
+
+def from_request(name: str, value: Any) -> Any:
+    """A value as a web form or a JSON client sends it (numbers as numbers or text, an interval as "0.2-0.8" or
+    [0.2, 0.8], steps as "0-9" or a list, prompts as a list or one per line, a flag as true/false) -> the setting's
+    value, checked; "" and None mean unset (None). One line naming the setting when it is wrong."""
+    s = setting(name)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if s.kind in ("int", "float") and isinstance(value, str):
+        try:
+            value = float(value) if s.kind == "float" else int(value)
+        except ValueError:
+            raise DCTError(f"{name} must be {'a whole number' if s.kind == 'int' else 'a number'}, "
+                           f"got {value!r}.") from None
+    elif s.kind == "int" and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    elif s.kind == "float" and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    elif s.kind == "interval" and isinstance(value, str):
+        return parse_interval(name, value)
+    elif s.kind == "interval" and isinstance(value, (list, tuple)):
+        value = tuple(value)
+    elif s.kind == "indices" and isinstance(value, str):
+        return parse_indices(name, value)
+    elif s.kind == "indices" and isinstance(value, list):
+        value = tuple(value)
+    elif s.kind == "lines" and isinstance(value, str):
+        value = tuple(t.strip() for t in value.splitlines() if t.strip())
+    elif s.kind == "lines" and isinstance(value, list):
+        value = tuple(value)
+    elif s.kind == "flag" and isinstance(value, str) and value.lower() in ("true", "false", "on", "off"):
+        value = value.lower() in ("true", "on")
+    if s.kind == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+        raise DCTError(f"{name} must be a whole number, got {value!r}.")
+    check(name, value)
+    return value

@@ -85,7 +85,7 @@ def test_gradient_checkpointing_gives_the_same_gradient_and_restores_every_forwa
     plain = _x0_grad(backend_cls, autograd, loaded, checkpoint=False)
     in_backward: list = []  # models made sure of during backward, before their blocks are recomputed
     load = h.load_models
-    monkeypatch.setattr(h, "load_models", lambda ps: (in_backward.extend(ps) if autograd._backward_pass() != -1
+    monkeypatch.setattr(h, "load_models", lambda ps: (in_backward.extend(ps) if autograd.backward_pass() != -1
                                                       else None, load(ps))[1])
     ckpt = _x0_grad(backend_cls, autograd, loaded, checkpoint=True)
     assert plain.abs().sum() > 0
