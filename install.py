@@ -28,16 +28,31 @@ def missing_packages(names: list[str] = REQUIRED) -> list[str]:
     return missing
 
 
-def warning(missing: list[str]) -> str:
-    """One line: what is missing, what to run."""
+def run_by_webui(environ=os.environ) -> bool:
+    """Whether an Automatic1111-family webui runs this (its installer puts the webui's folder, holding launch.py and
+    modules/, on PYTHONPATH)."""
+    for entry in environ.get("PYTHONPATH", "").split(os.pathsep):
+        if entry and os.path.isfile(os.path.join(entry, "launch.py")) and os.path.isdir(os.path.join(entry, "modules")):
+            return True
+    return False
+
+
+def warning(missing: list[str], webui: bool = False) -> str:
+    """One line: what is missing, what to run. In a webui, never requirements.txt: its pins (newer transformers)
+    would upgrade the webui's own (transformers 4.30.2 in Forge Classic); only the missing packages, unpinned."""
     names = ", ".join(f"{name} ({PIP_NAME[name]})" if name in PIP_NAME else name for name in missing)
+    host = "webui" if webui else "ComfyUI"
     todo = []
     if any(name in HOST_OWNED for name in missing):
-        todo.append("install torch/torchvision the way your ComfyUI was installed (its own build, never from here)")
-    if any(name not in HOST_OWNED for name in missing):
+        todo.append(f"install torch/torchvision the way your {host} was installed (its own build, never from here)")
+    others = [PIP_NAME.get(name, name) for name in missing if name not in HOST_OWNED]
+    if others and webui:
+        todo.append(f'run: "{sys.executable}" -m pip install {" ".join(others)}')
+    elif others:
         requirements = os.path.join(os.path.dirname(os.path.abspath(__file__)), "requirements.txt")
         todo.append(f'run: "{sys.executable}" -m pip install -r "{requirements}"')
-    return (f"{TAG} WARNING: missing Python packages: {names}; the nodes will not load until they are installed. "
+    what = "the Class Tokens tab and DATE script" if webui else "the nodes"
+    return (f"{TAG} WARNING: missing Python packages: {names}; {what} will not load until they are installed. "
             f"To fix, {' and '.join(todo)}, then restart.")
 
 
@@ -47,7 +62,7 @@ def main() -> int:
     except Exception as exc:  # whatever goes wrong here must not fail the install
         print(f"{TAG} WARNING: could not check the requirements ({exc}); continuing")
         return 0
-    print(warning(missing) if missing else f"{TAG} all requirements present")
+    print(warning(missing, run_by_webui()) if missing else f"{TAG} all requirements present")
     return 0
 
 

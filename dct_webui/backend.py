@@ -232,6 +232,6 @@ def sampling_sigmas(sigmas_of: Any, scheduler: str, steps: int) -> torch.Tensor:
     else:
         start = float(sigmas_of.timestep(torch.tensor(hi)))
         end = float(sigmas_of.timestep(torch.tensor(lo)))
-        sigmas = torch.stack([torch.as_tensor(sigmas_of.sigma(torch.tensor(t))).float().reshape(())
+        sigmas = torch.stack([torch.as_tensor(sigmas_of.sigma(t)).float().reshape(())
                               for t in torch.linspace(start, end, steps)])
     return torch.cat([sigmas.float().cpu(), torch.zeros(1)])
