@@ -3,7 +3,7 @@
 
     python3 dev.py demo [dct demo args]    # .venv, torch + torchvision, this package; then `dct demo`
     python3 dev.py test [pytest args]      # the same, plus the ComfyUI host's set-up when a host is found; then
-                                           # ruff check .  /  mypy -p dct_core -p nodes  /  python -m pytest -q -rs
+                                           # ruff check . / mypy -p dct_core -p nodes -p dct_webui / pytest -q -rs
     python3 dev.py test --setup-only       # the set-up alone (demo too); `--` passes what follows to pytest/dct
 
 Standard library only, any OS (Python 3.10+). Idempotent, and quick the second time: it reads what the virtual
@@ -57,7 +57,7 @@ USAGE = """usage: python3 dev.py demo [--setup-only] [dct demo args]
 
 demo  sets up .venv (torch, torchvision, this package) and runs `dct demo`
 test  the same set-up, plus the ComfyUI host's when one is found ($COMFYUI_PATH, else ~/comfy/ComfyUI), then
-      ruff check . ; mypy -p dct_core -p nodes ; python -m pytest -q -rs [pytest args]
+      ruff check . ; mypy -p dct_core -p nodes -p dct_webui ; python -m pytest -q -rs [pytest args]
 --setup-only  stop after the set-up (only right after the command; `--` passes everything after it on)"""
 
 
@@ -433,7 +433,8 @@ def run_commands(command: str, args: list[str], env: dict) -> int:
         cwd = Path.cwd()
     else:
         steps = [("ruff check .", [python, "-m", "ruff", "check", "."]),
-                 ("mypy -p dct_core -p nodes", [python, "-m", "mypy", "-p", "dct_core", "-p", "nodes"]),
+                 ("mypy -p dct_core -p nodes -p dct_webui",
+                  [python, "-m", "mypy", "-p", "dct_core", "-p", "nodes", "-p", "dct_webui"]),
                  ("python -m pytest -q -rs" + "".join(f" {a}" for a in args),
                   [python, "-m", "pytest", "-q", "-rs", *args])]
         cwd = ROOT

@@ -29,7 +29,7 @@ SCHEDULERS = ("normal", "karras")
 POOLED_WIDTH = 1280  # SDXL: the second encoder's pooled output leads the UNet's vector conditioning
 
 
-def text_encoders(clip) -> dict[str, torch.nn.Module]:
+def text_encoders(clip) -> dict[str, Any]:
     """Forge's text encoders by name ("clip_l", "clip_g", "clip_h"), each with ``.transformer``."""
     inner = clip.cond_stage_model
     return {name: getattr(inner, name) for name in ENCODER_NAMES if getattr(inner, name, None) is not None}

@@ -66,3 +66,26 @@ def test_a_training_setting_is_code_in_at_most_three_files():
     for setting in ("patience", "accuracy_threshold", "enough_prob", "threshold_window"):
         files = sorted(str(p.relative_to(ROOT)) for p in sources if setting in _names_as_code(p))
         assert len(files) <= 3, (setting, files)
+
+
+def _top_imports(folder: Path) -> list[tuple[str, str]]:
+    found = []
+    for path in folder.rglob("*.py"):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        package = module if parts[-1] == "__init__" else module.rpartition(".")[0]
+        for line, targets in _imports(path, package):
+            found += [(f"{path.relative_to(ROOT)}:{line}", t.split(".")[0]) for t in targets]
+    return found
+
+
+def test_the_two_hosts_never_import_each_other():
+    """The webui side (dct_webui, scripts/) and the ComfyUI side (nodes/, the root __init__) share only the engine;
+    the engine imports neither (the webui's modules.* / ldm_patched / backend included)."""
+    webui = [(w, t) for w, t in _top_imports(ROOT / "dct_webui") + _top_imports(ROOT / "scripts")
+             if t in ("nodes", "comfy", "folder_paths", "server", "comfy_api")]
+    comfy = [(w, t) for w, t in _top_imports(ROOT / "nodes") if t == "dct_webui"]
+    root = [n for _, names in _imports(ROOT / "__init__.py", "") for n in names if n.split(".")[0] == "dct_webui"]
+    engine = [(w, t) for w, t in _top_imports(ROOT / "dct_core") if t in ("dct_webui", "modules", "ldm_patched",
+                                                                          "modules_forge", "backend", "gradio")]
+    assert not webui and not comfy and not root and not engine, (webui, comfy, root, engine)
