@@ -5,7 +5,7 @@ Imported only by the webui's entry (scripts/dct_class_tokens.py): it subclasses 
 from __future__ import annotations
 
 import gradio as gr
-from modules import scripts  
+from modules import scripts
 
 from . import classifiers
 from .date_guidance import DEFAULTS, INFOTEXT, LABELS, TITLE, start_job
