@@ -206,7 +206,7 @@ class WebuiBackend:
             float(state["guidance"]), self.unet.model_options, state["seed"])
 
     @contextmanager
-    def _unet_for_autograd(self, checkpoint: bool) -> Iterator[None]:
+    def _unet_for_autograd(self, checkpoint: bool = True) -> Iterator[None]:
         """The UNet loaded where it computes; with gradients on, its weights as plain aliases (and block
         checkpointing when asked)."""
         load = host.require("load_models_gpu")
@@ -214,9 +214,9 @@ class WebuiBackend:
         if not torch.is_grad_enabled():
             yield
             return
-        diffusion = self.unet.model.diffusion_model
-        blocks = gradient_checkpointing(diffusion, ensure_loaded=lambda: load([self.unet])) if checkpoint \
-            else nullcontext()
+        # Always block-checkpointed with gradients: the webui's UNet blocks add in place (ldm_patched attention),
+        # which autograd refuses unless each block is recomputed in backward.
+        blocks = gradient_checkpointing(self.unet.model.diffusion_model, ensure_loaded=lambda: load([self.unet]))
         with trainable_weights([self.unet.model]), blocks:
             yield
 

@@ -19,7 +19,7 @@ import torch
 from dct_core.classifiers import Classifier
 from dct_core.errors import DCTError
 from dct_core.method.adaptive import AdaptiveConfig, class_score, date_adapt
-from dct_core.method.host_weights import trainable_weights
+from dct_core.method.host_weights import gradient_checkpointing, trainable_weights
 from dct_core.settings import from_request
 
 from . import classifiers, host
@@ -135,8 +135,10 @@ def update(params: Any, guidance: Guidance, hidden: torch.Tensor, current: torch
     cfg = float(getattr(denoiser.p, "cfg_scale", 7.0))
     seed = denoiser.p.seeds[0] if getattr(denoiser.p, "seeds", None) else None
     decoder = vae.first_stage_model
+    # The UNet block-checkpointed: its blocks add in place, which autograd refuses unless recomputed in backward.
     with torch.inference_mode(False), torch.enable_grad(), \
-            trainable_weights([unet.model, decoder, guidance.classifier.module]):
+            trainable_weights([unet.model, decoder, guidance.classifier.module]), \
+            gradient_checkpointing(unet.model.diffusion_model):
         x, sigma = params.x.detach().clone(), params.sigma.detach().clone()  # plain tensors autograd may save
         uncond = _clone(params.text_uncond)
         cond = _clone(params.text_cond)
