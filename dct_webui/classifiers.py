@@ -77,8 +77,10 @@ def default_labels(classifier: str, root: Path | None = None) -> str:
 def resolve(name: str, what: str, root: Path | None = None) -> Path:
     """The full path of ``name`` under models/classifiers, refusing what is missing or resolves outside it."""
     root = root or folder()
-    if not name or os.path.isabs(name):
-        raise DCTError(f"{what} {name!r}: give a name from models/classifiers ({root}).")
+    if not name:
+        raise DCTError(f"no {what} chosen: pick one from models/classifiers ({root}).")
+    if os.path.isabs(name):
+        raise DCTError(f"{what} {name!r}: give a name from models/classifiers ({root}), not a full path.")
     path = root / name.rstrip("/")
     if not os.path.lexists(path):
         raise DCTError(f"{what} {name!r} not found in {root}; put it there and press refresh.")

@@ -122,7 +122,7 @@ def build() -> gr.Blocks:
                 with gr.Row():
                     recipe = gr.Dropdown(choices=list(PRESETS), value=DEFAULT_PRESET, label="Recipe",
                                          info="balanced: the measured default; paper: Schwartz et al. exactly")
-                    steps = gr.Number(value=None, precision=0, label="Steps", info="empty: the recipe's")
+                    steps = gr.Number(value=0, precision=0, label="Steps", info="0: the recipe's")
                 with gr.Row():
                     save_name = gr.Textbox(value="class-token", label="Save name",
                                            info="models/embeddings/<name>.safetensors; empty: do not save")
