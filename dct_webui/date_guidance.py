@@ -145,7 +145,8 @@ def update(params: Any, guidance: Guidance, hidden: torch.Tensor, current: torch
         param = next(decoder.parameters())
 
         def predict_x0(values: list[torch.Tensor]) -> torch.Tensor:
-            return sampling_function(unet.model, x, sigma, to_ldm(uncond), to_ldm(_with_hidden(cond, values[0])),
+            negative = None if uncond is None else to_ldm(uncond)  # Neo passes no uncond at CFG 1
+            return sampling_function(unet.model, x, sigma, negative, to_ldm(_with_hidden(cond, values[0])),
                                      cfg, unet.model_options, seed)
 
         def decode(x0: torch.Tensor) -> torch.Tensor:
@@ -160,6 +161,8 @@ def update(params: Any, guidance: Guidance, hidden: torch.Tensor, current: torch
 
 
 def _clone(cond: Any) -> Any:
+    if cond is None:
+        return None
     if isinstance(cond, dict):
         return {k: v.detach().clone() if isinstance(v, torch.Tensor) else v for k, v in cond.items()}
     return cond.detach().clone()

@@ -133,6 +133,9 @@ def sd_model() -> Any:
     model = getattr(require("shared"), "sd_model", None)
     if model is None:
         raise DCTError("no checkpoint is loaded: pick one in the webui's checkpoint list first.")
+    if getattr(model, "forge_objects", None) is None and fork() == "neo":  # Neo loads at the first generation
+        raise DCTError("the checkpoint is not loaded yet (Forge Neo loads it at the first generation): generate one "
+                       "image, then train.")
     if getattr(model, "forge_objects", None) is None:
         raise mismatch("sd_model.forge_objects (Forge's UNet, CLIP and VAE objects)",
                        "training and DATE (Automatic1111 itself keeps its models differently)")
