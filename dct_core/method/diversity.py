@@ -1,0 +1,99 @@
+"""Variety of generated images on any model, from a classifier's features (no attribute reader needed).
+
+A token that fixes what the prompt leaves free (every bird painted one colour) shows as a smaller spread of the
+images' features than the prompt alone gives on the same seeds. Two things must not count as variety: the class
+itself (a minority token adds target-class images, which spreads the features along the class directions) and the
+mix of classes (images of two classes differ however uniform each one is). So the features are taken off the
+classifier head's class directions and compared within the class the judge assigns to each image.
+
+``CANDIDATES`` are the indices bench/variety_measure.py compared; ``diversity_ratio`` is the one reported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+MIN_PER_CLASS = 4  # images a predicted class needs to count in the within-class spread
+
+
+def vendi(features: torch.Tensor) -> float:
+    """The Vendi score (effective number of distinct images) of [N, D] features under the cosine kernel."""
+    x = torch.nn.functional.normalize(features.double(), dim=1)
+    eig = torch.linalg.eigvalsh(x @ x.T / x.shape[0]).clamp_min(0)
+    eig = eig[eig > 1e-12]
+    return float(torch.exp(-(eig * eig.log()).sum()))
+
+
+def off_class_directions(features: torch.Tensor, head: torch.Tensor | None) -> torch.Tensor:
+    """The features with their component in the span of the head's class rows removed ([C, D] weights)."""
+    if head is None or head.shape[1] != features.shape[1]:
+        return features.double()
+    q, _ = torch.linalg.qr(head.double().T)  # [D, C] orthonormal basis of the class directions
+    x = features.double()
+    return x - (x @ q) @ q.T
+
+
+def within_class(features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Each image's features minus the mean of the images the judge puts in the same class (classes with fewer
+    than MIN_PER_CLASS images keep the overall mean): the spread inside classes, not between them."""
+    x = features.double()
+    out = x - x.mean(0)
+    predicted = logits.argmax(1)
+    for c in predicted.unique():
+        rows = predicted == c
+        if int(rows.sum()) >= MIN_PER_CLASS:
+            out[rows] = x[rows] - x[rows].mean(0)
+    return out
+
+
+def total_variance(features: torch.Tensor) -> float:
+    x = features.double()
+    return float(((x - x.mean(0)) ** 2).sum(1).mean())
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b > 0 else float("nan")
+
+
+Index = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor, int], float]
+
+
+def _vendi_plain(fw, ft, head, lw, lt, target):
+    return _ratio(vendi(ft), vendi(fw))
+
+
+def _vendi_projected(fw, ft, head, lw, lt, target):
+    return _ratio(vendi(off_class_directions(ft, head)), vendi(off_class_directions(fw, head)))
+
+
+def _variance_projected(fw, ft, head, lw, lt, target):
+    return _ratio(total_variance(off_class_directions(ft, head)), total_variance(off_class_directions(fw, head)))
+
+
+def _variance_within(fw, ft, head, lw, lt, target):
+    return _ratio(total_variance(within_class(off_class_directions(ft, head), lt)),
+                  total_variance(within_class(off_class_directions(fw, head), lw)))
+
+
+def _vendi_within(fw, ft, head, lw, lt, target):
+    return _ratio(vendi(within_class(off_class_directions(ft, head), lt)),
+                  vendi(within_class(off_class_directions(fw, head), lw)))
+
+
+CANDIDATES: dict[str, Index] = {
+    "vendi": _vendi_plain,
+    "vendi, off class directions": _vendi_projected,
+    "variance, off class directions": _variance_projected,
+    "variance, off class directions, within class": _variance_within,
+    "vendi, off class directions, within class": _vendi_within,
+}
+
+
+def class_directions(module: torch.nn.Module, num_classes: int) -> torch.Tensor | None:
+    """The head's class rows [C, D]: the weights of the module's last linear layer when it gives the classes."""
+    linears = [m for m in module.modules() if isinstance(m, torch.nn.Linear)]
+    if not linears or linears[-1].out_features != num_classes:
+        return None
+    return linears[-1].weight.detach().float().cpu().clone()
