@@ -2,7 +2,8 @@
 
 Every candidate trains a token for each of the four sub-classes (toy kite, kite bird of prey, red-throated
 warbler, yellow-throated finch) with several training seeds, then judges it on 64 fresh seeds with and without
-the token: held-out top-1 gain, variety (entropy of the free attributes read by the world's attribute reader),
+the token, in prompts it never saw (the paper's two templates): held-out top-1 gain, variety (entropy of the
+free attributes read by the world's attribute reader; and the diversity index any model has, method/diversity.py),
 Frechet distance to real renders of the class (held-out classifier's features), fooling gap (guide minus
 held-out top-1 with the token), CPU-seconds of training per class.
 
@@ -56,6 +57,15 @@ RECIPES: dict[str, dict] = {
                       checkpointing=False, enough_prob=0.8),
     "x0-prompts": dict(WORLD, lr=0.05, max_steps=25, gradient_point="x0", accuracy_threshold=1.0, patience=25,
                        checkpointing=False, templates=PROMPT_VARIETY),
+    # The shipped default, and it keeping the batch's variety in the guide's class-independent features.
+    "balanced": dict(WORLD, lr=0.05, max_steps=25, gradient_point="x0", x0_interval=(0.2, 0.8),
+                     accuracy_threshold=1.0, patience=25),
+    "spread-5": dict(WORLD, lr=0.05, max_steps=25, gradient_point="x0", x0_interval=(0.2, 0.8),
+                     accuracy_threshold=1.0, patience=25, spread=5.0),
+    "spread-20": dict(WORLD, lr=0.05, max_steps=25, gradient_point="x0", x0_interval=(0.2, 0.8),
+                      accuracy_threshold=1.0, patience=25, spread=20.0),
+    "spread-5-window3": dict(WORLD, lr=0.05, max_steps=25, gradient_point="x0", x0_interval=(0.2, 0.8),
+                             accuracy_threshold=1.0, threshold_window=3, patience=25, spread=5.0),
     # Longer training judged on a 4-step window, the last token kept, pulled toward the prompt-alone image.
     "x0-preserve": dict(WORLD, lr=0.05, max_steps=50, gradient_point="x0", accuracy_threshold=0.95,
                         threshold_window=4, patience=50, keep="last", checkpointing=False, preserve=5.0),
@@ -67,9 +77,9 @@ def run_one(job: tuple[str, dict, str, int, int]) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from dct_core.config import preset_config
+    from dct_core.config import PAPER_TEMPLATES, preset_config
     from dct_core.jobs.run import TrainJob, run_training
-    from dct_core.method.evaluation import WITH, WITHOUT, compare_with_token, token_quality
+    from dct_core.method.evaluation import WITH, WITHOUT, compare_with_token, diversity_report, token_quality
     from dct_core.world import SAMPLING, load_world_backend, load_world_classifier, reference_renders, variety_reader
     from dct_core.world.facts import EVAL_FIRST_SEED
 
@@ -83,11 +93,13 @@ def run_one(job: tuple[str, dict, str, int, int]) -> dict:
     cpu = time.process_time() - started
     vectors = outcome.result.token.for_encoders(backend.encoders)
     seeds = list(range(EVAL_FIRST_SEED, EVAL_FIRST_SEED + num_images))
+    # Judged in prompts the token never saw (the paper's two templates), on fresh seeds: the product's promise.
     results, images = compare_with_token(backend, {guide.name: guide, held_out.name: held_out}, label, word,
-                                         config.templates, vectors, seeds, SAMPLING, chunk=32)
+                                         PAPER_TEMPLATES, vectors, seeds, SAMPLING, chunk=32)
     quality = token_quality(results, images, guide=guide.name, held_out=held_out.name, entropy=variety_reader(),
                             reference=reference_renders(label, num_images), feature_classifier=held_out)
     held, guided = results[held_out.name], results[guide.name]
+    diversity = diversity_report(held_out, images)["ratio"]
     variety = quality["variety"]
     return {
         "recipe": name, "class": label, "seed": seed, "cpu_s": cpu, "steps": len(outcome.result.history),
@@ -95,7 +107,7 @@ def run_one(job: tuple[str, dict, str, int, int]) -> dict:
         "held_without": held[WITHOUT]["top1"], "held_with": held[WITH]["top1"], "guide_with": guided[WITH]["top1"],
         "fooling_gap": quality["fooling_gap"],
         "colour_ratio": variety["ratio"]["color"], "total_ratio": variety["ratio"]["total"],
-        "variety": variety, "frechet_without": quality["frechet"]["without"],
+        "variety": variety, "diversity_ratio": diversity, "frechet_without": quality["frechet"]["without"],
         "frechet_with": quality["frechet"]["with"],
     }
 
@@ -112,6 +124,8 @@ def summarize(name: str, rows: list[dict]) -> dict:
         "colour_ratio_worst": min(r["colour_ratio"] or 0 for r in rows),
         "total_ratio_worst": min(r["total_ratio"] or 0 for r in rows),
         "total_ratio_mean": statistics.mean(r["total_ratio"] or 0 for r in rows),
+        "colour_kept": sum((r["colour_ratio"] or 0) >= 0.9 for r in rows),
+        "diversity_worst": min(r["diversity_ratio"] for r in rows),
         "frechet_without": statistics.mean(r["frechet_without"] for r in rows),
         "frechet_with": statistics.mean(r["frechet_with"] for r in rows),
         "frechet_lower_share": sum(r["frechet_with"] < r["frechet_without"] for r in rows) / len(rows),
@@ -122,15 +136,17 @@ def summarize(name: str, rows: list[dict]) -> dict:
 
 
 def table(summaries: list[dict]) -> str:
-    head = ("| recipe | minority held-out gain, mean / worst | majority held-out top-1 | entropy ratio worst "
-            "(colour / all) | all-attribute ratio mean | Frechet without -> with (lower in) | fooling gap | "
-            "CPU s / class | runs |")
-    lines = [head, "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    head = ("| recipe | minority held-out gain, mean / worst | majority held-out top-1 | colour ratio >= 0.9 | "
+            "entropy ratio worst (colour / all) | all-attribute ratio mean | diversity ratio worst | "
+            "Frechet without -> with (lower in) | fooling gap | CPU s / class | runs |")
+    lines = [head, "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for s in summaries:
         lines.append(
             f"| {s['recipe']} | {s['minority_gain_mean']:+.1f} / {s['minority_gain_worst']:+.1f} | "
-            f"{s['majority_top1_mean']:.1f}% | {s['colour_ratio_worst']:.2f} / {s['total_ratio_worst']:.2f} | "
-            f"{s['total_ratio_mean']:.2f} | {s['frechet_without']:.2f} -> {s['frechet_with']:.2f} "
+            f"{s['majority_top1_mean']:.1f}% | {s['colour_kept']}/{s['runs']} | "
+            f"{s['colour_ratio_worst']:.2f} / {s['total_ratio_worst']:.2f} | "
+            f"{s['total_ratio_mean']:.2f} | {s['diversity_worst']:.2f} | "
+            f"{s['frechet_without']:.2f} -> {s['frechet_with']:.2f} "
             f"({100 * s['frechet_lower_share']:.0f}% of runs) | {s['fooling_gap_mean']:+.1f} | "
             f"{s['cpu_s_per_class']:.1f} | {s['runs']} |")
     return "\n".join(lines)
@@ -164,7 +180,8 @@ def main() -> int:
             print(f"{row['recipe']:<12} {row['class']:<22} seed {row['seed']}: held-out "
                   f"{100 * row['held_without']:.1f} -> {100 * row['held_with']:.1f}, "
                   f"guide {100 * row['guide_with']:.1f}, "
-                  f"colour x{row['colour_ratio'] or 0:.2f}, all x{row['total_ratio'] or 0:.2f}, Frechet "
+                  f"colour x{row['colour_ratio'] or 0:.2f}, all x{row['total_ratio'] or 0:.2f}, "
+                  f"diversity x{row['diversity_ratio']:.2f}, Frechet "
                   f"{row['frechet_without']:.2f} -> {row['frechet_with']:.2f}, {row['cpu_s']:.1f} CPU s", flush=True)
     summaries = [summarize(n, [r for r in rows if r["recipe"] == n]) for n in recipes]
     print(table(summaries))

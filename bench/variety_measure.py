@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from recipes import CLASSES, RECIPES  # noqa: E402
 
 KEPT = 0.9  # colour-entropy ratio at or above which a run kept its variety
-COLLECT_RECIPES = ("paper", "demo-K10", "x0", "x0-preserve", "last-K3")
+COLLECT_RECIPES = ("demo-K10", "x0", "x0-preserve", "last-K3")  # collapsed and kept runs both
 
 
 def collect_one(job: tuple[str, dict, str, int, int]) -> dict:
@@ -48,8 +48,7 @@ def collect_one(job: tuple[str, dict, str, int, int]) -> dict:
     outcome = run_training(TrainJob(backend, guide, guide.class_index(label), config, prompt_label=word))
     vectors = outcome.result.token.for_encoders(backend.encoders)
     seeds = list(range(EVAL_FIRST_SEED, EVAL_FIRST_SEED + num_images))
-    # The paper's two templates: prompts the token never saw.
-    templates = ("a photo of a {token} {label}", "a {token} {label}")
+    templates = ("a photo of a {token} {label}", "a {token} {label}")  # the world's training prompts
     results, images = compare_with_token(backend, {held_out.name: held_out}, label, word, templates, vectors,
                                          seeds, SAMPLING, chunk=32)
     variety = variety_report(images, variety_reader())

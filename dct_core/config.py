@@ -65,6 +65,9 @@ class TrainConfig:
     # Weight of a pull toward the image the prompt alone makes on the same seed (mean squared difference of the
     # x0 predictions, x0 gradient point only): the token should change what the class needs, not the rest.
     preserve: float = 0.0
+    # Weight of keeping the batch's variety (x0 gradient point): the guide's features off its class directions must
+    # spread at least as much as the prompt alone's on the same seeds (training._Spread).
+    spread: float = 0.0
     init_pull: float = 0.0  # L2 pull toward the init word, relative to its norm (0: off)
     norm_cap: float = 0.0  # keep the token's norm within this multiple of the init word's (0: off)
     # Block-level gradient checkpointing in the UNet step(s) with gradient, the VAE decoder and the classifier
@@ -81,6 +84,9 @@ class TrainConfig:
                 f"backprop depth {self.backprop_depth} must be between 1 and the {self.sampling.sampling_steps} "
                 "sampling steps."
             )
+        if self.spread and self.gradient_point != "x0":
+            raise DCTError("spread compares the token's images with the prompt alone's at the x0 gradient point: "
+                           "set gradient_point to x0 (the balanced recipe's) or spread to 0.")
 
 
 # Named recipes: overrides of TrainConfig's defaults (which are the paper's). Every front end (the CLI, the

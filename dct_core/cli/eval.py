@@ -28,8 +28,9 @@ def add_parser(sub) -> None:
                         "the token to them (lower is closer); 'model' for a built-in model's own (the demo world's "
                         "renders)")
     q.add_argument("--feature-classifier", metavar="SPEC",
-                   help="the classifier whose features the Frechet distance uses (default: --held-out, else "
-                        "--classifier); distances compare only under the same classifier and image counts")
+                   help="the classifier whose features the Frechet distance and the diversity index use (default: "
+                        "--held-out, else --classifier); values compare only under the same classifier and image "
+                        "counts")
     options.add_generation(e, seed=10_000)
 
 
@@ -72,6 +73,7 @@ def run(args) -> int:
         results, images, guide=name, held_out=f"held-out {args.held_out}" if held_out is not None else None,
         entropy=named.variety() if named is not None and named.variety is not None else None,
         reference=reference, feature_classifier=features if reference is not None else None,
+        diversity_classifier=features,
     )
     report = {"class_index": target, "class_label": label, "prompt_label": prompt_label,
               "classifier": name, "target": "off" if args.target_off else "on", "num_images": args.num_images,
@@ -114,6 +116,13 @@ def format_eval(report: dict) -> str:
     if variety and WITH in variety:
         parts = ", ".join(f"{k} {variety[WITHOUT][k]:.2f} -> {variety[WITH][k]:.2f}" for k in variety[WITHOUT])
         lines.append(f"variety, bits without -> with the token: {parts}")
+    div = report.get("diversity")
+    if div and div.get("error"):
+        lines.append(f"diversity: not measured ({div['error']})")
+    elif div and div.get("ratio") is not None:
+        verdict = "kept" if div["kept"] else "NARROWED: the token fixes what the prompt leaves free"
+        lines.append(f"diversity ({div['index']}, {div['features']} features), without -> with the token: "
+                     f"{div['without']:.2f} -> {div['with']:.2f}, ratio {div['ratio']:.2f} ({verdict})")
     fd = report.get("frechet")
     if fd:
         with_text = "" if fd["with"] is None else f" -> {fd['with']:.2f} with the token"

@@ -160,7 +160,7 @@ def run_demo(
             break
         quality = token_quality(accuracy, images, guide=guide.name, held_out=held_out.name, entropy=entropy,
                                 reference=reference_renders(target.label, num_images),
-                                feature_classifier=held_out)
+                                feature_classifier=held_out, diversity_classifier=held_out)
         report.rows.append(DemoRow(target, accuracy, len(result.history), seconds, result.stopped,
                                    report.token_paths[-1], quality))
         grid_rows += [images[WITHOUT][:8], images[WITH][:8]]
@@ -190,11 +190,12 @@ def format_table(report: DemoReport) -> str:
             judge = f"{name}" + (" (guide)" if role == "guiding" else "")
             lines.append(f"{row.target.label:<22}{row.target.kind:<16}{judge:<21}{b1:>13.1f}%{a1:>7.1f}%"
                          f"{a1 - b1:>+7.1f}{b5:>14.1f}%{a5:>7.1f}%")
-    lines += ["", "variety (entropy in bits of what the prompt leaves free, without -> with the token), fooling gap "
+    lines += ["", "variety (entropy in bits of what the prompt leaves free, without -> with the token; diversity: "
+              "the feature index any model has, with / without), fooling gap "
               "(guide minus held-out top-1 with the token), Frechet distance to real renders of the class "
               f"(features of {report.classifiers['held_out']}; lower is closer)",
-              f"{'class':<22}{'colour bits':>14}{'all attributes':>17}{'worst ratio':>13}{'fooling gap':>13}"
-              f"{'Frechet without':>17}{'with':>8}"]
+              f"{'class':<22}{'colour bits':>14}{'all attributes':>17}{'worst ratio':>13}{'diversity':>11}"
+              f"{'fooling gap':>13}{'Frechet without':>17}{'with':>8}"]
     for row in report.rows:
         q = row.quality
         v, fd, gap = q.get("variety", {}), q.get("frechet", {}), q.get("fooling_gap")
@@ -202,8 +203,10 @@ def format_table(report: DemoReport) -> str:
         total = f"{v[WITHOUT]['total']:.2f} -> {v[WITH]['total']:.2f}" if WITH in v else "-"
         worst = f"{worst_variety_ratio(q):.2f}" if WITH in v else "-"
         gap_text = "-" if gap is None else f"{100 * gap:+.1f}"
+        ratio = q.get("diversity", {}).get("ratio")
+        diversity = "-" if ratio is None else f"x{ratio:.2f}"
         fds = (f"{fd['without']:>17.2f}{fd['with']:>8.2f}" if fd.get("with") is not None else f"{'-':>17}{'-':>8}")
-        lines.append(f"{row.target.label:<22}{colour:>14}{total:>17}{worst:>13}{gap_text:>13}{fds}")
+        lines.append(f"{row.target.label:<22}{colour:>14}{total:>17}{worst:>13}{diversity:>11}{gap_text:>13}{fds}")
     return "\n".join(lines)
 
 

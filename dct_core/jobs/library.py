@@ -393,7 +393,8 @@ def _done_entry(key: str, state: TokenState) -> dict:
             "label": _line(meta.get("class_label"), key), "prompt_label": meta.get("prompt_label"), "status": "done",
             "steps": _int(meta.get("trained_steps")), "best_step": _int(meta.get("steps")),
             "accuracy": _float(meta.get("accuracy")), "held_out_accuracy": _float(meta.get("held_out_accuracy")),
-            "held_out_without": _float(meta.get("held_out_without")), "seconds": _float(meta.get("seconds")),
+            "held_out_without": _float(meta.get("held_out_without")),
+            "diversity_ratio": _float(meta.get("diversity_ratio")), "seconds": _float(meta.get("seconds")),
             "stopped": meta.get("stopped")}
 
 
@@ -545,16 +546,21 @@ class _Bookkeeping:
 
 
 def _held_out(backend: Backend, settings: LibrarySettings, label: str, prompt_label: str, vectors,
-              config: TrainConfig) -> tuple[float, float]:
-    """Top-1 of the held-out classifier on a few fresh seeds, with and without the token."""
-    from ..method.evaluation import WITH, WITHOUT, compare_with_token
+              config: TrainConfig) -> tuple[float, float, float | None]:
+    """Top-1 of the held-out classifier on a few fresh seeds, with and without the token, and the diversity ratio
+    under its features (method/diversity.py; None where it has none)."""
+    from ..method.evaluation import WITH, WITHOUT, compare_with_token, diversity_report
 
     assert settings.eval_classifier is not None
     settings.eval_classifier.to(backend.device)
     seeds = list(range(EVAL_FIRST_SEED, EVAL_FIRST_SEED + settings.eval_images))
-    results, _ = compare_with_token(backend, {"held-out": settings.eval_classifier}, label, prompt_label,
-                                    config.templates, vectors, seeds, config.sampling, chunk=8)
-    return results["held-out"][WITH]["top1"], results["held-out"][WITHOUT]["top1"]
+    results, images = compare_with_token(backend, {"held-out": settings.eval_classifier}, label, prompt_label,
+                                         config.templates, vectors, seeds, config.sampling, chunk=8)
+    try:
+        ratio = diversity_report(settings.eval_classifier, images)["ratio"]
+    except DCTError:  # a classifier without features
+        ratio = None
+    return results["held-out"][WITH]["top1"], results["held-out"][WITHOUT]["top1"], ratio
 
 
 def train_one(backend: Backend, classifier: Classifier, c: LibraryClass, out: Path, settings: LibrarySettings,
@@ -573,10 +579,12 @@ def train_one(backend: Backend, classifier: Classifier, c: LibraryClass, out: Pa
         def judged(result: TrainResult) -> dict[str, str]:
             meta = {"seconds": f"{time.perf_counter() - started:.2f}"}
             if settings.eval_classifier is not None:
-                with_token, without = _held_out(backend, settings, c.label, word,
-                                                result.token.for_encoders(backend.encoders), config)
+                with_token, without, diversity = _held_out(backend, settings, c.label, word,
+                                                           result.token.for_encoders(backend.encoders), config)
                 meta.update(held_out_accuracy=f"{with_token:.4f}", held_out_without=f"{without:.4f}",
                             held_out_classifier=settings.eval_name)
+                if diversity is not None:
+                    meta["diversity_ratio"] = f"{diversity:.4f}"
             return meta
 
         job = TrainJob(backend, classifier, c.index, config, name=c.key, prompt_label=word,
@@ -698,12 +706,14 @@ def format_summary(index: dict) -> str:
     def num(v, fmt="{:.2f}"):
         return "-" if not isinstance(v, (int, float)) or isinstance(v, bool) else fmt.format(v)
 
-    lines = [f"{'class':<28}{'status':<9}{'steps':>6}{'accuracy':>10}{'held-out':>10}{'seconds':>9}"]
+    lines = [f"{'class':<28}{'status':<9}{'steps':>6}{'accuracy':>10}{'held-out':>10}{'diversity':>10}"
+             f"{'seconds':>9}"]
     for e in index["classes"]:
         elsewhere = e.get("running_elsewhere")
         status = "running" if elsewhere and e["status"] != "done" else e["status"]
         lines.append(f"{e['class'][:27]:<28}{status:<9}{num(e.get('steps'), '{}'):>6}{num(e.get('accuracy')):>10}"
-                     f"{num(e.get('held_out_accuracy')):>10}{num(e.get('seconds'), '{:.1f}'):>9}")
+                     f"{num(e.get('held_out_accuracy')):>10}{num(e.get('diversity_ratio')):>10}"
+                     f"{num(e.get('seconds'), '{:.1f}'):>9}")
         if elsewhere and e["status"] != "done":
             lines.append(f"    running elsewhere: {elsewhere}"
                          + (f"; last attempt failed: {e.get('message', '')}" if e["status"] == "failed" else ""))

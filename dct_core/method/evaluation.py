@@ -9,6 +9,7 @@ import torch
 
 from ..classifiers import Classifier
 from ..config import SamplingConfig
+from ..errors import DCTError
 from .backend import Backend, Vectors
 from .generation import generate_images, topk_accuracy
 from .prompts import prompts_for_batch, strip_token
@@ -80,6 +81,29 @@ def variety_report(images: Mapping[str, torch.Tensor],
     return out
 
 
+def diversity_report(classifier: Classifier, images: Mapping[str, torch.Tensor]) -> dict:
+    """Variety on any model (method/diversity.py): the reported index of the images' features under ``classifier``
+    without and with the token, their ratio (1 = as varied as the prompt alone) and whether it kept variety."""
+    from .diversity import class_directions, diversity_scores
+    from .frechet import classifier_features, feature_source
+
+    source = feature_source(classifier)
+    head = class_directions(source.module, source.num_classes)
+    device = next(source.module.parameters()).device
+
+    def features_and_logits(condition: str) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        if condition not in images:
+            return None, None
+        with torch.no_grad():
+            logits = source(images[condition].to(device)).float().cpu()
+        return classifier_features(source, images[condition]), logits
+
+    fw, lw = features_and_logits(WITHOUT)
+    ft, lt = features_and_logits(WITH)
+    assert fw is not None and lw is not None
+    return {**diversity_scores(fw, ft, head, lw, lt), "features": getattr(source, "name", type(source).__name__)}
+
+
 def token_quality(
     results: Mapping[str, Mapping[str, dict]],
     images: Mapping[str, torch.Tensor],
@@ -89,12 +113,19 @@ def token_quality(
     entropy: Callable[[torch.Tensor], dict[str, float]] | None = None,
     reference: torch.Tensor | None = None,
     feature_classifier: Classifier | None = None,
+    diversity_classifier: Classifier | None = None,
 ) -> dict:
     """Beyond accuracy: the fooling gap (guide vs held-out), variety of the free attributes (when the model
-    offers a reader), and the Frechet distance to real images of the class on a classifier's features."""
+    offers a reader), the Frechet distance to real images of the class on a classifier's features, and the
+    diversity index on any model (``diversity_classifier``'s features)."""
     from .frechet import frechet_with_and_without
 
     out: dict = {}
+    if diversity_classifier is not None:
+        try:
+            out["diversity"] = diversity_report(diversity_classifier, images)
+        except DCTError as exc:  # a classifier without features: the rest of the report still stands
+            out["diversity"] = {"error": str(exc)}
     if guide is not None and held_out is not None:
         out["fooling_gap"] = fooling_gap(results, guide, held_out)
     if entropy is not None:

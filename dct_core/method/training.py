@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -106,6 +106,7 @@ def train_class_token(
     seeds = [config.seed + i for i in range(batch)]
     points = torch.Generator().manual_seed(config.seed)  # where the x0 gradient points fall, reproducibly
     judge = _Judge(classifier, target, target_on, config.enough_prob)
+    spread = _Spread(classifier, on=config.spread > 0)
 
     result = TrainResult(token=_token(params, name, metadata))
     best_key, best_loss, since_better = None, float("inf"), 0
@@ -129,12 +130,14 @@ def train_class_token(
                     if n not in negatives:
                         with torch.no_grad():
                             negatives[n] = backend.negative(config.sampling.negative_prompt, n)
-                    outs, drift = _images_with_gradient(backend, config, prompts[lo:hi], params, negatives[n],
-                                                        step_seeds[lo:hi], steps_at)
-                    with _checkpointed(classifier, config.checkpointing):
+                    outs, drift, plain_outs = _images_with_gradient(backend, config, prompts[lo:hi], params,
+                                                                    negatives[n], step_seeds[lo:hi], steps_at)
+                    with _checkpointed(classifier, config.checkpointing), spread.features() as seen:
                         logits = [classifier(pixels) for pixels in outs]
                     loss = torch.stack([judge.loss(lg).sum() + config.preserve * d.sum()
                                         for lg, d in zip(logits, drift)]).sum() / (batch * len(outs))
+                    if config.spread:
+                        loss = loss + config.spread * spread.loss(seen, plain_outs) * n / batch
                     loss = loss + _regularizer(config, params, init) * n / batch
                     (scaler.scale(loss) if scaler else loss).backward()
                     loss_sum += float(loss.detach())
@@ -216,6 +219,59 @@ class _Judge:
         return self.classifier.hits(logits, self.target, self.on)
 
 
+class _Spread:
+    """Keeping the batch's variety (``spread``): the guide's penultimate features of the token's images, taken off
+    the head's class directions (what the class does not decide: colour, pose, background), must spread at least
+    as much as the prompt alone's on the same seeds; the loss is how far their total variance falls short, as a
+    fraction. One-sided: a token may add variety, never remove it."""
+
+    def __init__(self, classifier: Classifier, on: bool):
+        self.classifier = classifier
+        self.head = None
+        self.basis: torch.Tensor | None = None
+        if not on:
+            return
+        module = getattr(classifier, "module", None)
+        linears = [m for m in module.modules() if isinstance(m, torch.nn.Linear)] if module is not None else []
+        if not linears or linears[-1].out_features != classifier.num_classes:
+            raise DCTError("spread needs a classifier whose last layer is a linear head over its classes (timm, "
+                           "transformers); set spread to 0 for this classifier.")
+        self.head = linears[-1]
+        q, _ = torch.linalg.qr(self.head.weight.detach().float().T)
+        self.basis = q  # [D, C] orthonormal class directions
+
+    @contextmanager
+    def features(self):
+        """The head's inputs of the classifier calls inside (empty when off)."""
+        seen: list[torch.Tensor] = []
+        if self.head is None:
+            yield seen
+            return
+        handle = self.head.register_forward_pre_hook(lambda _m, args: seen.append(args[0].flatten(1)))
+        try:
+            yield seen
+        finally:
+            handle.remove()  # before backward: a checkpoint's recompute must not add to ``seen``
+
+    def _variance(self, features: torch.Tensor) -> torch.Tensor:
+        assert self.basis is not None
+        x = features.float()
+        x = x - (x @ self.basis.to(x.device)) @ self.basis.to(x.device).T
+        return (x - x.mean(0)).square().sum(1).mean()
+
+    def loss(self, seen: list[torch.Tensor], plain_images: list[torch.Tensor]) -> torch.Tensor:
+        assert self.head is not None
+        total = seen[0].new_zeros(())
+        for features, plain in zip(seen, plain_images):
+            if features.shape[0] < 2:
+                continue
+            with torch.no_grad(), self.features() as reference:
+                self.classifier(plain.to(features.device))
+            target = self._variance(reference[0]).clamp_min(1e-12)
+            total = total + (1 - self._variance(features) / target).clamp_min(0)
+        return total / max(1, len(seen))
+
+
 def _gradient_steps(config: TrainConfig, rng: torch.Generator) -> list[int]:
     """For the x0 gradient point: the sampling step indices (sorted) where x0 is predicted this step."""
     if config.gradient_point != "x0":
@@ -228,11 +284,11 @@ def _gradient_steps(config: TrainConfig, rng: torch.Generator) -> list[int]:
 
 
 def _images_with_gradient(backend: Backend, config: TrainConfig, prompts: list[str], params: Vectors,
-                          negative: Conditioning, seeds: list[int],
-                          steps_at: list[int]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Decoded images that carry the token's gradient, at the configured gradient point(s), and per image how
-    far each drifted from what the prompt alone makes on the same seed (mean squared latent difference; zeros
-    unless ``preserve`` is set).
+                          negative: Conditioning, seeds: list[int], steps_at: list[int]
+                          ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    """Decoded images that carry the token's gradient, at the configured gradient point(s); per image how far each
+    drifted from what the prompt alone makes on the same seed (mean squared latent difference; zeros unless
+    ``preserve`` is set); and the prompt alone's decoded images at the same points (only with ``spread``).
 
     "last": the trajectory without gradient up to its last K steps, those with gradient (the paper's gradient
     skipping when K = 1). "x0": the guided model's prediction of the clean image at intermediate steps
@@ -249,21 +305,24 @@ def _images_with_gradient(backend: Backend, config: TrainConfig, prompts: list[s
                 backend.denoise(traj, plain, negative, at - traj.done)
             x0 = backend.predict_x0(traj, backend.encode(prompts, params), negative, checkpoint=config.checkpointing)
             out.append(backend.decode(x0, checkpoint=config.checkpointing))
-            drift.append(_drift(x0, baseline[i] if baseline else None))
-        return out, drift
+            drift.append(_drift(x0, baseline[i] if baseline and config.preserve else None))
+        with torch.no_grad():
+            plain_images = [backend.decode(b) for b in baseline] if config.spread else []
+        return out, drift, plain_images
     depth = config.backprop_depth
     with torch.no_grad():  # gradient skipping: the trajectory up to the last K steps
         backend.denoise(traj, plain, negative, traj.remaining - depth)
     cond = backend.encode(prompts, params)
     latents = backend.denoise(traj, cond, negative, depth, checkpoint=depth > 1 or config.checkpointing)
-    return [backend.decode(latents, checkpoint=config.checkpointing)], [_drift(latents, None)]
+    return [backend.decode(latents, checkpoint=config.checkpointing)], [_drift(latents, None)], []
 
 
 @torch.no_grad()
 def _prompt_alone(backend: Backend, config: TrainConfig, prompts: list[str], negative: Conditioning,
                   seeds: list[int], steps_at: list[int]) -> list[torch.Tensor]:
-    """The x0 predictions without the token at the same steps of the same seeds (only when ``preserve``)."""
-    if not config.preserve:
+    """The x0 predictions without the token at the same steps of the same seeds (only with ``preserve`` or
+    ``spread``)."""
+    if not config.preserve and not config.spread:
         return []
     traj = backend.start(seeds, config.sampling)
     cond = backend.encode([strip_token(p) for p in prompts], None)
