@@ -26,6 +26,7 @@ from dct_core.formats.images import make_grid
 from dct_core.formats.plot import training_plot
 from dct_core.formats.tokens import sanitize_name, token_path
 from dct_core.jobs.run import RunHooks, TrainJob, before_after, execute, plan_run
+from dct_core.method.evaluation import diversity_line
 from dct_core.method.host_weights import trainable_weights
 from dct_core.settings import BACKEND, GENERATION, TRAINING, WEBUI, from_request, setting
 
@@ -231,13 +232,15 @@ class Trainer:
         plot = training_plot([r.loss for r in result.history], [r.accuracy for r in result.history])
         self.status.phase = "interrupted" if outcome.cancelled else "done"
         self.status.message = outcome.summary(self.status.label)
+        diversity = diversity_line(classifier, before, after)
         return {
             "token": str(outcome.path) if outcome.path else None,
             "name": outcome.path.stem if outcome.path else None,
             "class_index": target, "class_label": label,
             "steps": len(result.history), "best_step": best.step + 1 if best else None,
             "accuracy": best.accuracy if best else None, "loss": best.loss if best else None,
-            "stopped": result.stopped, "summary": self.status.message, "recipe": request.recipe,
+            "stopped": result.stopped, "summary": self.status.message, "diversity": diversity,
+            "recipe": request.recipe,
             "before_after": png_base64(grid), "plot": png_base64(plot),
             "_images": {"before_after": grid, "plot": plot},
         }

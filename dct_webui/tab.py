@@ -81,7 +81,8 @@ def train(classifier, arch, labels, torchscript, target, recipe, steps, save_nam
         yield f"failed: {outcome['error']}", status.preview, _chart(status), None, gr.update()
         return
     result = outcome["result"]
-    text = result["summary"] + (f"\nUse it in a prompt as: {result['name']}" if result.get("name") else "")
+    text = result["summary"] + f"\n{result['diversity']}" + (
+        f"\nUse it in a prompt as: {result['name']}" if result.get("name") else "")
     yield text, status.preview, result["_images"]["plot"], result["_images"]["before_after"], gr.update(
         choices=_safe(classifiers.choices))
 

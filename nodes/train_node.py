@@ -14,6 +14,7 @@ from dct_core.formats.images import make_grid
 from dct_core.formats.plot import training_plot
 from dct_core.formats.tokens import sanitize_name, token_path
 from dct_core.jobs.run import RunHooks, TrainJob, before_after, execute, plan_run
+from dct_core.method.evaluation import diversity_line
 from dct_core.settings import setting
 
 from .adapters import host_internals as host
@@ -172,8 +173,8 @@ def train(model, clip, vae, classifier, target_class: str, max_steps: int, save_
             _send_event(STOPPED_EVENT, node_id, _stopped(outcome, subject, after_training=True))
             raise
     plot = training_plot([r.loss for r in result.history], [r.accuracy for r in result.history])
-    summary = (f"{subject}: {outcome.summary()}\nrecipe {recipe}; settings: "
-               f"{describe(config_values(config))}{decoder_note}")
+    summary = (f"{subject}: {outcome.summary()}\n{diversity_line(classifier, before, after)}\nrecipe {recipe}; "
+               f"settings: {describe(config_values(config))}{decoder_note}")
     grid = pil_to_host_image(make_grid([before, after], min_cell=min(256, config.sampling.resolution),
                                        row_labels=["without\ntoken", "with\ntoken"]))
     return io.NodeOutput(result.token, pil_to_host_image(plot), grid, ui=ui.PreviewText(summary))

@@ -99,15 +99,15 @@ def class_directions(module: torch.nn.Module, num_classes: int) -> torch.Tensor 
     return linears[-1].weight.detach().float().cpu().clone()
 
 
-REPORTED = "vendi, off class directions, within class"  # the index reports carry (bench/variety_measure.py)
+REPORTED = "variance, off class directions, within class"  # the index reports carry (bench/variety_measure.py)
 KEPT_ABOVE = 0.9  # a ratio below this: the token narrowed what the prompt leaves free (measured threshold)
 
 
 def diversity_scores(features_without: torch.Tensor, features_with: torch.Tensor | None, head: torch.Tensor | None,
                      logits_without: torch.Tensor, logits_with: torch.Tensor | None) -> dict:
     """The reported index without and with the token and their ratio (None where there is no token)."""
-    def one(features, logits):
-        return vendi(within_class(off_class_directions(features, head), logits))
+    def one(features, logits):  # scale-aware: a cosine index (Vendi) sees tight noise around one image as varied
+        return total_variance(within_class(off_class_directions(features, head), logits))
 
     without = one(features_without, logits_without)
     out: dict = {"index": REPORTED, "without": without, "with": None, "ratio": None, "kept": None}

@@ -104,6 +104,18 @@ def diversity_report(classifier: Classifier, images: Mapping[str, torch.Tensor])
     return {**diversity_scores(fw, ft, head, lw, lt), "features": getattr(source, "name", type(source).__name__)}
 
 
+def diversity_line(classifier: Classifier, before: torch.Tensor, after: torch.Tensor) -> str:
+    """One line for a front end's result text: the diversity ratio of the before/after images (few images: a rough
+    sign; ``dct eval`` measures it on 64), or why it could not be measured."""
+    try:
+        report = diversity_report(classifier, {WITHOUT: before, WITH: after})
+    except DCTError as exc:
+        return f"diversity: not measured ({exc})"
+    verdict = "kept" if report["kept"] else "narrowed: the token may fix what the prompt leaves free"
+    return (f"diversity with / without the token: x{report['ratio']:.2f} ({verdict}; {before.shape[0]} images, a "
+            "rough sign: dct eval measures it on 64)")
+
+
 def token_quality(
     results: Mapping[str, Mapping[str, dict]],
     images: Mapping[str, torch.Tensor],
