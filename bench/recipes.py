@@ -72,7 +72,7 @@ RECIPES: dict[str, dict] = {
 }
 
 
-def run_one(job: tuple[str, dict, str, int, int]) -> dict:
+def run_one(job: tuple[str, dict, str, int, int, bool]) -> dict:
     """Train one token and judge it; runs in a worker process with one thread."""
     import torch
 
@@ -83,7 +83,7 @@ def run_one(job: tuple[str, dict, str, int, int]) -> dict:
     from dct_core.world import SAMPLING, load_world_backend, load_world_classifier, reference_renders, variety_reader
     from dct_core.world.facts import EVAL_FIRST_SEED
 
-    name, overrides, label, seed, num_images = job
+    name, overrides, label, seed, num_images, keep_images = job
     word = CLASSES[label]
     backend = load_world_backend()
     guide, held_out = load_world_classifier("guide"), load_world_classifier("held-out")
@@ -99,7 +99,7 @@ def run_one(job: tuple[str, dict, str, int, int]) -> dict:
     quality = token_quality(results, images, guide=guide.name, held_out=held_out.name, entropy=variety_reader(),
                             reference=reference_renders(label, num_images), feature_classifier=held_out)
     held, guided = results[held_out.name], results[guide.name]
-    diversity = diversity_report(held_out, images)["ratio"]
+    diversity = diversity_report(guide, images)["ratio"]  # the judging classifier's (the default everywhere)
     variety = quality["variety"]
     return {
         "recipe": name, "class": label, "seed": seed, "cpu_s": cpu, "steps": len(outcome.result.history),
@@ -109,6 +109,8 @@ def run_one(job: tuple[str, dict, str, int, int]) -> dict:
         "colour_ratio": variety["ratio"]["color"], "total_ratio": variety["ratio"]["total"],
         "variety": variety, "diversity_ratio": diversity, "frechet_without": quality["frechet"]["without"],
         "frechet_with": quality["frechet"]["with"],
+        # --keep-images: the judged images (uint8), for measures computed afterwards (bench/variety_measure.py)
+        **({"images": {k: (v * 255).round().to(torch.uint8) for k, v in images.items()}} if keep_images else {}),
     }
 
 
@@ -163,6 +165,7 @@ def main() -> int:
     p.add_argument("--images", type=int, default=64, help="evaluation images per class and condition")
     p.add_argument("--workers", type=int, default=2, help="worker processes, one thread each (default 2)")
     p.add_argument("--json", help="write every run and the summary here")
+    p.add_argument("--keep-images", metavar="FILE.pt", help="also save every run with its judged images here")
     args = p.parse_args()
     recipes = {n: RECIPES[n] for n in args.recipes.split(",") if n}
     for item in args.set:
@@ -172,7 +175,8 @@ def main() -> int:
     unknown = [c for c in classes if c not in CLASSES]
     if unknown:
         p.error(f"unknown classes {unknown}; choose from {list(CLASSES)}")
-    jobs = [(n, o, c, int(s), args.images) for n, o in recipes.items() for c in classes for s in args.seeds.split(",")]
+    jobs = [(n, o, c, int(s), args.images, bool(args.keep_images)) for n, o in recipes.items() for c in classes
+            for s in args.seeds.split(",")]
     rows: list[dict] = []
     with get_context("spawn").Pool(args.workers) as pool:
         for row in pool.imap_unordered(run_one, jobs):
@@ -185,8 +189,13 @@ def main() -> int:
                   f"{row['frechet_without']:.2f} -> {row['frechet_with']:.2f}, {row['cpu_s']:.1f} CPU s", flush=True)
     summaries = [summarize(n, [r for r in rows if r["recipe"] == n]) for n in recipes]
     print(table(summaries))
+    if args.keep_images:
+        import torch
+
+        torch.save(rows, args.keep_images)
     if args.json:
-        Path(args.json).write_text(json.dumps({"runs": rows, "summary": summaries}, indent=2))
+        plain = [{k: v for k, v in r.items() if k != "images"} for r in rows]
+        Path(args.json).write_text(json.dumps({"runs": plain, "summary": summaries}, indent=2))
     return 0
 
 

@@ -2,14 +2,25 @@
 attribute reader (any model)? Judged against the demo world's colour-entropy ratio (the reader the world has).
 
     python bench/variety_measure.py collect --out bench/results/variety_runs.pt   # trains tokens, keeps features
-    python bench/variety_measure.py score bench/results/variety_runs.pt           # every candidate index, a table
+    python bench/variety_measure.py score bench/results/variety_runs.pt           # penultimate-feature indices
+    python bench/recipes.py --recipes balanced,spread-5,spread-20,demo-K10 --keep-images runs.pt
+    python bench/variety_measure.py score-images runs.pt                          # first-layer (appearance) index
 
 ``collect`` trains tokens with several recipes (bench/recipes.py's candidates: some keep colour, some collapse it)
 for the four sub-classes x seeds and keeps, per run, the colour and all-attribute entropy ratios and the held-out
 and guide classifiers' penultimate features and logits of the 64 images with and without the token. ``score``
 computes each candidate index's with/without ratio, its Spearman correlation with the colour ratio, and the best
 threshold's misclassification of "colour kept" (ratio >= 0.9) vs "collapsed": the targets are Spearman >= 0.8 and
-at most 1 run in 20 misclassified.
+at most 1 run in 20 misclassified. ``score-images`` reads runs saved with their images (bench/recipes.py
+--keep-images) and scores the reported index (Vendi of the first layer's channel statistics) and the first block's.
+
+Measured (December 6, 48 runs of balanced / spread-5 / spread-20 / demo-K10, 27 kept colour):
+| index | classifier | Spearman with colour ratio | misclassified at 0.98 |
+| --- | --- | --- | --- |
+| Vendi of first-layer channel statistics (reported) | guide (ResNet) | +0.95 | 2 / 48 (best threshold 0.953: 0) |
+| Vendi of first-layer channel statistics (reported) | held-out (ConvNeXt) | +0.74 | 2 / 48 |
+| Vendi of the first block's channel statistics | held-out / guide | +0.82 / +0.60 | 2 / 12 of 48 |
+| penultimate features, Vendi / off class directions / within class (``score``) | both | +0.05 to +0.61 | 8-20 / 48 |
 """
 
 from __future__ import annotations
@@ -114,6 +125,42 @@ def score(args) -> None:
             print(f"| {name} | {role} | {spearman(ratios, colour):+.2f} | {t:.3f} | {wrong} / {len(rows)} |")
 
 
+def score_images(args) -> None:
+    from dct_core.method.checkpointing import checkpoint_units
+    from dct_core.method.diversity import KEPT_ABOVE, appearance_features, vendi
+    from dct_core.method.evaluation import WITH, WITHOUT
+    from dct_core.world import load_world_classifier
+
+    rows = [r for r in torch.load(args.runs, weights_only=False) if "images" in r]
+    colour = [r["colour_ratio"] or 0.0 for r in rows]
+    kept = [c >= KEPT for c in colour]
+    print(f"{len(rows)} runs, {sum(kept)} kept colour (ratio >= {KEPT})")
+    print(f"| index | classifier | Spearman with colour ratio | misclassified at {KEPT_ABOVE} | best threshold |")
+    print("| --- | --- | --- | --- | --- |")
+
+    def block_features(classifier, images):
+        block = next(u for u in checkpoint_units(classifier.module) if len(list(u.children())) > 0)
+        seen = []
+        handle = block.register_forward_hook(lambda _m, _a, out: seen.append(out.float()))
+        with torch.no_grad():
+            classifier(images)
+        handle.remove()
+        o = seen[0]
+        return torch.cat([o.mean((2, 3)), o.std((2, 3))], 1).double() if o.dim() == 4 else o.flatten(1).double()
+
+    for role in ("guide", "held-out"):
+        classifier = load_world_classifier(role)
+        for name, features in (("first layer (reported)", appearance_features), ("first block", block_features)):
+            ratios = []
+            for r in rows:
+                images = {k: v.float() / 255 for k, v in r["images"].items()}
+                ratios.append(vendi(features(classifier, images[WITH])) / vendi(features(classifier, images[WITHOUT])))
+            wrong_fixed = sum((v >= KEPT_ABOVE) != k for v, k in zip(ratios, kept))
+            t, wrong = best_threshold(ratios, kept)
+            print(f"| {name} | {role} | {spearman(ratios, colour):+.2f} | {wrong_fixed} / {len(rows)} | "
+                  f"{t:.3f} ({wrong} misclassified) |")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -125,8 +172,10 @@ def main() -> int:
     c.add_argument("--out", default="bench/results/variety_runs.pt")
     s = sub.add_parser("score")
     s.add_argument("runs")
+    si = sub.add_parser("score-images")
+    si.add_argument("runs")
     args = p.parse_args()
-    collect(args) if args.command == "collect" else score(args)
+    {"collect": collect, "score": score, "score-images": score_images}[args.command](args)
     return 0
 
 

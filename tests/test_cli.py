@@ -128,8 +128,11 @@ def test_eval_reports_fooling_gap_and_frechet_distance(files, capsys, tmp_path):
     report = json.loads(capsys.readouterr().out)
     assert report["fooling_gap"] is not None and set(report["judges"]) == {clf[1], f"held-out {spec}"}
     assert report["frechet"]["with"] is not None and report["frechet"]["reference_images"] == 4
+    diversity = report["diversity"]  # by default, on any model: the judging classifier's first layer
+    assert diversity["ratio"] == diversity["with"] / diversity["without"] and diversity["features"] == clf[1]
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "fooling gap" in text and "Frechet distance to 4 real images" in text
+    assert "diversity (Vendi of first-layer channel statistics" in text
     assert main([*args[:-len(GEN)], "--reference", "model", *GEN]) == 2
     assert "--reference model needs a built-in model" in capsys.readouterr().err

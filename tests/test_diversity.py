@@ -2,13 +2,16 @@
 
 import torch
 
+from dct_core.classifiers.base import ImageClassifier
 from dct_core.method.diversity import (
     KEPT_ABOVE,
+    appearance_features,
     diversity_scores,
     off_class_directions,
     vendi,
     within_class,
 )
+from dct_core.method.evaluation import WITH, WITHOUT, diversity_report
 
 
 def test_vendi_counts_distinct_images():
@@ -26,18 +29,35 @@ def test_class_directions_and_class_means_do_not_count_as_variety():
     assert within_class(feats, logits).abs().max() == 0
 
 
-def test_a_token_that_paints_every_image_alike_is_narrowed_and_one_that_adds_its_class_is_kept():
-    g = torch.Generator().manual_seed(0)
-    head = torch.randn(3, 16, generator=g)
-    varied = torch.randn(32, 16, generator=g)
-    logits_mixed = torch.randn(32, 3, generator=g)
-    collapsed = varied[:1].repeat(32, 1) + 0.01 * torch.randn(32, 16, generator=g)
-    narrowed = diversity_scores(varied, collapsed, head, logits_mixed, logits_mixed)
+def _stem_classifier():
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                 torch.nn.Flatten(), torch.nn.Linear(8, 3))
+    return ImageClassifier(name="stem", module=module.eval(), labels=["a", "b", "c"])
+
+
+def _birds(colours: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """One image per colour: a square of that colour on a random grey background, at a random place."""
+    images = torch.rand(len(colours), 1, 1, 1, generator=g).expand(-1, 3, 32, 32).clone()
+    for i, c in enumerate(colours):
+        x, y = (int(v) for v in torch.randint(0, 16, (2,), generator=g))
+        images[i, :, y:y + 16, x:x + 16] = c.view(3, 1, 1)
+    return images
+
+
+def test_a_token_that_paints_every_image_one_colour_is_narrowed_and_one_that_keeps_colours_is_not():
+    classifier = _stem_classifier()
+    colours = torch.rand(32, 3, generator=torch.Generator().manual_seed(1))
+
+    def seeds():  # the same backgrounds and places in both conditions, as on the same seeds
+        return torch.Generator().manual_seed(0)
+
+    plain = _birds(colours, seeds())
+    one_colour = _birds(colours[:1].repeat(32, 1), seeds())
+    same_spread = _birds(colours[torch.randperm(32, generator=seeds())], seeds())
+    narrowed = diversity_report(classifier, {WITHOUT: plain, WITH: one_colour})
+    kept = diversity_report(classifier, {WITHOUT: plain, WITH: same_spread})
     assert narrowed["ratio"] < KEPT_ABOVE and narrowed["kept"] is False
-    # The same varied images moved along the class directions only (the token adds its class): kept.
-    shifted = varied + 3 * head[0]
-    to_target = torch.zeros(32, 3)
-    to_target[:, 0] = 5
-    kept = diversity_scores(varied, shifted, head, logits_mixed, to_target)
     assert kept["ratio"] >= KEPT_ABOVE and kept["kept"] is True
-    assert diversity_scores(varied, None, head, logits_mixed, None)["ratio"] is None
+    assert appearance_features(classifier, plain).shape == (32, 16)
+    assert diversity_scores(appearance_features(classifier, plain), None)["ratio"] is None

@@ -28,9 +28,9 @@ def add_parser(sub) -> None:
                         "the token to them (lower is closer); 'model' for a built-in model's own (the demo world's "
                         "renders)")
     q.add_argument("--feature-classifier", metavar="SPEC",
-                   help="the classifier whose features the Frechet distance and the diversity index use (default: "
-                        "--held-out, else --classifier); values compare only under the same classifier and image "
-                        "counts")
+                   help="the classifier whose features the Frechet distance (default: --held-out, else "
+                        "--classifier) and the diversity index (default: --classifier, the judge) use; values "
+                        "compare only under the same classifier and image counts")
     options.add_generation(e, seed=10_000)
 
 
@@ -48,8 +48,9 @@ def run(args) -> int:
     # The held-out judge names the same classes: it reads the same --labels when given.
     held_out = load_classifier(args.held_out, labels=args.labels, trust_code=args.trust_code) \
         if args.held_out else None
-    features = load_classifier(args.feature_classifier, labels=args.labels, trust_code=args.trust_code) \
-        if args.feature_classifier else (held_out or classifier)
+    feature_choice = load_classifier(args.feature_classifier, labels=args.labels, trust_code=args.trust_code) \
+        if args.feature_classifier else None
+    features = feature_choice or held_out or classifier
     reference = _reference_images(args, named, classifier.class_name(target), sampling.resolution)
     if reference is not None and min(len(reference), args.num_images) < 2:  # before generating anything
         which = f"--reference {args.reference} holds {len(reference)} image(s)" if len(reference) < 2 \
@@ -73,7 +74,7 @@ def run(args) -> int:
         results, images, guide=name, held_out=f"held-out {args.held_out}" if held_out is not None else None,
         entropy=named.variety() if named is not None and named.variety is not None else None,
         reference=reference, feature_classifier=features if reference is not None else None,
-        diversity_classifier=features,
+        diversity_classifier=feature_choice or classifier,
     )
     report = {"class_index": target, "class_label": label, "prompt_label": prompt_label,
               "classifier": name, "target": "off" if args.target_off else "on", "num_images": args.num_images,

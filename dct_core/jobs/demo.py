@@ -160,7 +160,7 @@ def run_demo(
             break
         quality = token_quality(accuracy, images, guide=guide.name, held_out=held_out.name, entropy=entropy,
                                 reference=reference_renders(target.label, num_images),
-                                feature_classifier=held_out, diversity_classifier=held_out)
+                                feature_classifier=held_out, diversity_classifier=guide)
         report.rows.append(DemoRow(target, accuracy, len(result.history), seconds, result.stopped,
                                    report.token_paths[-1], quality))
         grid_rows += [images[WITHOUT][:8], images[WITH][:8]]

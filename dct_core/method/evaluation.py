@@ -82,26 +82,15 @@ def variety_report(images: Mapping[str, torch.Tensor],
 
 
 def diversity_report(classifier: Classifier, images: Mapping[str, torch.Tensor]) -> dict:
-    """Variety on any model (method/diversity.py): the reported index of the images' features under ``classifier``
-    without and with the token, their ratio (1 = as varied as the prompt alone) and whether it kept variety."""
-    from .diversity import class_directions, diversity_scores
-    from .frechet import classifier_features, feature_source
+    """Variety on any model (method/diversity.py): the reported index of the images under ``classifier`` without
+    and with the token, their ratio (1 = as varied as the prompt alone) and whether it kept variety."""
+    from .diversity import appearance_features, diversity_scores
+    from .frechet import feature_source
 
     source = feature_source(classifier)
-    head = class_directions(source.module, source.num_classes)
-    device = next(source.module.parameters()).device
-
-    def features_and_logits(condition: str) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        if condition not in images:
-            return None, None
-        with torch.no_grad():
-            logits = source(images[condition].to(device)).float().cpu()
-        return classifier_features(source, images[condition]), logits
-
-    fw, lw = features_and_logits(WITHOUT)
-    ft, lt = features_and_logits(WITH)
-    assert fw is not None and lw is not None
-    return {**diversity_scores(fw, ft, head, lw, lt), "features": getattr(source, "name", type(source).__name__)}
+    with_token = appearance_features(source, images[WITH]) if WITH in images else None
+    report = diversity_scores(appearance_features(source, images[WITHOUT]), with_token)
+    return {**report, "features": getattr(source, "name", type(source).__name__)}
 
 
 def diversity_line(classifier: Classifier, before: torch.Tensor, after: torch.Tensor) -> str:
