@@ -65,8 +65,8 @@ class TrainConfig:
     # Weight of a pull toward the image the prompt alone makes on the same seed (mean squared difference of the
     # x0 predictions, x0 gradient point only): the token should change what the class needs, not the rest.
     preserve: float = 0.0
-    # Weight of keeping the batch's variety (x0 gradient point): the guide's features off its class directions must
-    # spread at least as much as the prompt alone's on the same seeds (training._Spread).
+    # Weight of keeping the batch's variety (x0 gradient point): the token's images must look as varied as the prompt
+    # alone's on the same seeds in the guide's first-layer statistics (training._Spread).
     spread: float = 0.0
     init_pull: float = 0.0  # L2 pull toward the init word, relative to its norm (0: off)
     norm_cap: float = 0.0  # keep the token's norm within this multiple of the init word's (0: off)

@@ -152,8 +152,8 @@ SETTINGS: tuple[Setting, ...] = (
     _s("checkpointing", "flag", "Block-level gradient checkpointing in the UNet step(s) with gradient, the decoder "
        "and the classifier (off: faster, much more memory)", from_recipe=True),
     _s("negative_prompt", "text", "Negative prompt", section=GENERATION, from_recipe=True),
-    _s("spread", "float", "Keep the batch's variety (x0 gradient point): the guide's features off its class "
-       "directions must spread at least as much as the prompt alone's on the same seeds (0: off)", low=0,
+    _s("spread", "float", "Keep the batch's variety (x0 gradient point): the token's images must look as varied as "
+       "the prompt alone's on the same seeds, in what the guide's first layer reads (colour, texture; 0: off)", low=0,
        high=1e4, from_recipe=True, metadata=True, widget_max=100.0, widget_step=0.1, node_unset=-1),
     # The step budget: on the Train node itself (its 'max_steps' input), not on the Options node.
     _s("max_steps", "int", "Maximum optimization steps", low=1, high=100_000, from_recipe=True, metadata=True,

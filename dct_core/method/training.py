@@ -220,55 +220,59 @@ class _Judge:
 
 
 class _Spread:
-    """Keeping the batch's variety (``spread``): the guide's penultimate features of the token's images, taken off
-    the head's class directions (what the class does not decide: colour, pose, background), must spread at least
-    as much as the prompt alone's on the same seeds; the loss is how far their total variance falls short, as a
-    fraction. One-sided: a token may add variety, never remove it."""
+    """Keeping the batch's variety (``spread``): the token's images must look as varied as the prompt alone's on the
+    same seeds, in what the guide's first layer reads (each channel's mean and spread over the image: colour and
+    texture, what the class decision later discards; the variety index of method/diversity.py reads the same).
+    Variety is one minus the mean cosine similarity between the batch's images; the loss is how far the token's
+    falls short of the prompt alone's, as a fraction. One-sided: a token may add variety, never remove it."""
 
     def __init__(self, classifier: Classifier, on: bool):
         self.classifier = classifier
-        self.head = None
-        self.basis: torch.Tensor | None = None
+        self.stem: torch.nn.Module | None = None
         if not on:
             return
         module = getattr(classifier, "module", None)
-        linears = [m for m in module.modules() if isinstance(m, torch.nn.Linear)] if module is not None else []
-        if not linears or linears[-1].out_features != classifier.num_classes:
-            raise DCTError("spread needs a classifier whose last layer is a linear head over its classes (timm, "
-                           "transformers); set spread to 0 for this classifier.")
-        self.head = linears[-1]
-        q, _ = torch.linalg.qr(self.head.weight.detach().float().T)
-        self.basis = q  # [D, C] orthonormal class directions
+        units = checkpoint_units(module) if module is not None else []
+        if not units:
+            raise DCTError("spread needs a classifier with layers to read (timm, transformers); set spread to 0.")
+        self.stem = units[0]
 
     @contextmanager
     def features(self):
-        """The head's inputs of the classifier calls inside (empty when off)."""
+        """Per image, the first layer's channel statistics of the classifier calls inside (empty when off)."""
         seen: list[torch.Tensor] = []
-        if self.head is None:
+        if self.stem is None:
             yield seen
             return
-        handle = self.head.register_forward_pre_hook(lambda _m, args: seen.append(args[0].flatten(1)))
+
+        def keep(_m, _args, out):
+            o = out.float()
+            stats = [o.mean((2, 3)), o.std((2, 3))] if o.dim() == 4 else [o.mean(1), o.std(1)]
+            seen.append(torch.cat(stats, 1))
+
+        handle = self.stem.register_forward_hook(keep)
         try:
             yield seen
         finally:
             handle.remove()  # before backward: a checkpoint's recompute must not add to ``seen``
 
-    def _variance(self, features: torch.Tensor) -> torch.Tensor:
-        assert self.basis is not None
-        x = features.float()
-        x = x - (x @ self.basis.to(x.device)) @ self.basis.to(x.device).T
-        return (x - x.mean(0)).square().sum(1).mean()
+    @staticmethod
+    def _variety(features: torch.Tensor) -> torch.Tensor:
+        x = torch.nn.functional.normalize(features, dim=1)
+        n = x.shape[0]
+        similarity = (x @ x.T).sum() - n  # off the diagonal
+        return 1 - similarity / (n * (n - 1))
 
     def loss(self, seen: list[torch.Tensor], plain_images: list[torch.Tensor]) -> torch.Tensor:
-        assert self.head is not None
+        assert self.stem is not None
         total = seen[0].new_zeros(())
         for features, plain in zip(seen, plain_images):
             if features.shape[0] < 2:
                 continue
             with torch.no_grad(), self.features() as reference:
                 self.classifier(plain.to(features.device))
-            target = self._variance(reference[0]).clamp_min(1e-12)
-            total = total + (1 - self._variance(features) / target).clamp_min(0)
+            target = self._variety(reference[0]).clamp_min(1e-12)
+            total = total + (1 - self._variety(features) / target).clamp_min(0)
         return total / max(1, len(seen))
 
 
