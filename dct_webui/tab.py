@@ -122,7 +122,8 @@ def build() -> gr.Blocks:
                                      info="type to search the classifier's labels; a name or an index")
                 with gr.Row():
                     recipe = gr.Dropdown(choices=list(PRESETS), value=DEFAULT_PRESET, label="Recipe",
-                                         info="balanced: the measured default; paper: Schwartz et al. exactly")
+                                         info="balanced: the measured default; varied: keeps variety, 2x cost; "
+                                              "paper: Schwartz et al.")
                     steps = gr.Number(value=0, precision=0, label="Steps", info="0: the recipe's")
                 with gr.Row():
                     save_name = gr.Textbox(value="class-token", label="Save name",

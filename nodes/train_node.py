@@ -84,7 +84,8 @@ class TrainToken(io.ComfyNode):
                 io.Combo.Input("recipe", options=list(PRESETS), default=DEFAULT_PRESET,
                                tooltip=f"The training recipe: every setting not on this node comes from it, unless "
                                        f"a DCT Training Options node sets it. {DEFAULT_PRESET}: the measured "
-                                       "default (README, 'Recipes'); paper: Schwartz et al. exactly."),
+                                       "default (README, 'Recipes'); varied: keeps the prompt's variety, about "
+                                       "twice the cost per step; paper: Schwartz et al. exactly."),
                 TrainingOptionsSocket.Input("options", optional=True,
                                             tooltip="From DCT Training Options: learning rate, batch size, prompts, "
                                                     "sampler, resolution, seed and more. Not connected: all the "
