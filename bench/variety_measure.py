@@ -110,7 +110,7 @@ def best_threshold(values: list[float], kept: list[bool]) -> tuple[float, int]:
 def score(args) -> None:
     from dct_core.method.diversity import CANDIDATES
 
-    rows = torch.load(args.runs, weights_only=False)
+    rows = torch.load(args.runs, weights_only=True)
     colour = [r["colour_ratio"] or 0.0 for r in rows]
     kept = [c >= KEPT for c in colour]
     print(f"{len(rows)} runs, {sum(kept)} kept colour (ratio >= {KEPT})")
@@ -131,7 +131,7 @@ def score_images(args) -> None:
     from dct_core.method.evaluation import WITH, WITHOUT
     from dct_core.world import load_world_classifier
 
-    rows = [r for r in torch.load(args.runs, weights_only=False) if "images" in r]
+    rows = [r for r in torch.load(args.runs, weights_only=True) if "images" in r]
     colour = [r["colour_ratio"] or 0.0 for r in rows]
     kept = [c >= KEPT for c in colour]
     print(f"{len(rows)} runs, {sum(kept)} kept colour (ratio >= {KEPT})")
