@@ -18,7 +18,7 @@ import torch
 
 from dct_core.config import SamplingConfig
 from dct_core.errors import DCTError
-from dct_core.method.backend import Conditioning, Trajectory, Vectors
+from dct_core.method.backend import Conditioning, Trajectory, Vectors, init_rows
 from dct_core.method.host_weights import gradient_checkpointing, trainable_weights
 from dct_core.method.prompts import TOKEN_MARK
 
@@ -70,11 +70,7 @@ class WebuiBackend:
         tokenizers = sub_tokenizers(self.clip)
         for key, model in text_encoders(self.clip).items():
             ids = tokenizers[key].tokenizer(word)["input_ids"][1:-1]
-            if not ids:
-                raise DCTError(f"init word {word!r} gives no tokens; use a plain word such as 'a' or 'bird'.")
-            table = model.transformer.get_input_embeddings().weight
-            rows = table.detach()[torch.tensor(ids, device=table.device)].float().clone()
-            out[key] = rows.mean(0, keepdim=True) if num_vectors == 1 else rows[torch.arange(num_vectors) % len(ids)]
+            out[key] = init_rows(model.transformer.get_input_embeddings().weight, ids, word, num_vectors)
         return out
 
     def encode(self, prompts: Sequence[str], vectors: Vectors | None) -> Conditioning:

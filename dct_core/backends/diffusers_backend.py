@@ -12,7 +12,7 @@ from torch.utils.checkpoint import checkpoint as grad_checkpoint
 
 from ..config import SamplingConfig
 from ..errors import DCTError
-from ..method.backend import Conditioning, Trajectory, Vectors
+from ..method.backend import Conditioning, Trajectory, Vectors, init_rows
 from ..method.prompts import tokenize_with_slots
 from ..settings import check
 
@@ -71,13 +71,7 @@ class DiffusersBackend:
         out = {}
         for name, enc, tok in zip(self.encoders, self.text_encoders, self.tokenizers):
             ids = tok(word, add_special_tokens=False)["input_ids"]
-            if not ids:
-                raise DCTError(f"init word {word!r} gives no tokens; use a plain word such as 'a' or 'bird'.")
-            rows = enc.get_input_embeddings().weight.detach()[torch.tensor(ids, device=self.device)].float()
-            if num_vectors == 1:
-                out[name] = rows.mean(0, keepdim=True)  # a multi-token word: its mean embedding
-            else:
-                out[name] = rows[torch.arange(num_vectors) % len(ids)]
+            out[name] = init_rows(enc.get_input_embeddings().weight, ids, word, num_vectors)
         return out
 
     def encode(self, prompts: Sequence[str], vectors: Vectors | None) -> Conditioning:

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple, Protocol
 import torch
 
 from ..config import SamplingConfig
+from ..errors import DCTError
 
 
 class Conditioning(NamedTuple):
@@ -84,3 +85,12 @@ class Backend(Protocol):
     def decode(self, latents: torch.Tensor, *, checkpoint: bool = False) -> torch.Tensor:
         """Latents to images [B, 3, H, W] in [0, 1], differentiable; ``checkpoint`` trades time for memory."""
         ...
+
+
+def init_rows(table: torch.Tensor, ids: Sequence[int], word: str, num_vectors: int) -> torch.Tensor:
+    """A token's starting vectors from the init word's token ids in an embedding ``table`` [V, D]: the mean of its
+    rows for one vector (a multi-token word), else its rows cycled; every backend's ``init_vectors`` uses it."""
+    if not ids:
+        raise DCTError(f"init word {word!r} gives no tokens; use a plain word such as 'a' or 'bird'.")
+    rows = table.detach()[torch.tensor(list(ids), device=table.device)].float().clone()
+    return rows.mean(0, keepdim=True) if num_vectors == 1 else rows[torch.arange(num_vectors) % len(ids)]
