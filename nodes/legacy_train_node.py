@@ -18,6 +18,7 @@ from .training_options import CHECKPOINT_VAE, TrainingOptions, decoders
 
 LEGACY_SUFFIX = " (legacy, all settings)"
 LEGACY_RECIPE = "paper"  # what the legacy node trained with before it had a recipe input
+LEGACY_RECIPES = ("balanced", "paper")  # the recipe choices it shipped with (saved workflows, its frozen schema)
 # The frozen widget names that the settings table spells otherwise.
 RENAMED = {"steps": "max_steps", "learning_rate": "lr", "cfg": "guidance"}
 # On this node these were always plain values (0 never meant "the recipe's").
@@ -103,11 +104,13 @@ class TrainClassToken(io.ComfyNode):
                                          "no particular images). Off: the recipe's choice."),
                 # Default "paper", not the pack's default: the frontend gives a widget missing from a saved
                 # workflow its default, and workflows saved before this input existed trained with the paper's.
-                io.Combo.Input("recipe", options=list(PRESETS), default=LEGACY_RECIPE, optional=True,
+                # The deprecated node keeps the recipes it shipped with; newer ones are on the Train node.
+                io.Combo.Input("recipe", options=[r for r in PRESETS if r in LEGACY_RECIPES], default=LEGACY_RECIPE,
+                               optional=True,
                                tooltip=f"The training recipe the settings start from; a setting left at 0 or empty "
-                                       f"takes the recipe's value. {DEFAULT_PRESET}: the measured default (README, "
-                                       "'Recipes'); paper: Schwartz et al. exactly. Workflows saved before this "
-                                       "input existed run as 'paper'."),
+                                       f"takes the recipe's value. {DEFAULT_PRESET}: the measured default "
+                                       "(README, 'Recipes'); paper: Schwartz et al. exactly. Workflows saved "
+                                       "before this input existed run as 'paper'."),
             ],
             outputs=outputs(),
             hidden=[io.Hidden.unique_id],

@@ -513,8 +513,9 @@ def test_settings_new_to_the_options_node_reach_the_engine_and_the_result_lists_
                                    negative_prompt="blurry", checkpointing=False)
     assert out.result[0].vectors["clip_l"].shape == (2, 768)  # the token trained has the two vectors asked for
 
-    head, listed = out.ui.as_dict()["text"][0].split("\n")
+    head, diversity, listed = out.ui.as_dict()["text"][0].split("\n")
     assert head.startswith("tiger cat (1): stopped by max_steps after 1 steps; best step 1 accuracy ")
+    assert diversity.startswith("diversity with / without the token: x")  # on the before/after images
     assert listed.startswith("recipe paper; settings: ")
     for name in config_values(config):  # every setting, the recipe's included
         assert f" {name} " in listed, name
