@@ -106,6 +106,12 @@ REPORTED = "Vendi of first-layer channel statistics"  # the index reports carry 
 KEPT_ABOVE = 0.98  # a ratio below this: the token narrowed what the prompt leaves free (measured threshold)
 
 
+def channel_statistics(activations: torch.Tensor) -> torch.Tensor:
+    """Per image, each channel's mean and spread: over the image for [B, C, H, W], over the tokens for [B, T, C]."""
+    o = activations.float()
+    return torch.cat([o.mean((2, 3)), o.std((2, 3))] if o.dim() == 4 else [o.mean(1), o.std(1)], 1)
+
+
 def appearance_features(classifier, images: torch.Tensor, *, chunk: int = 64) -> torch.Tensor:
     """Per image, the mean and spread of each channel of the classifier's first layer (the stem the image meets
     first): colour and texture, what the class decision later throws away. [N, 2C], float64, on the CPU."""
@@ -123,9 +129,7 @@ def appearance_features(classifier, images: torch.Tensor, *, chunk: int = 64) ->
             seen.clear()
             with torch.no_grad():
                 classifier(images[i:i + chunk].to(device))
-            o = seen[0].float()
-            stats = [o.mean((2, 3)), o.std((2, 3))] if o.dim() == 4 else [o.mean(1), o.std(1)]
-            rows.append(torch.cat(stats, 1).double().cpu())
+            rows.append(channel_statistics(seen[0]).double().cpu())
     finally:
         handle.remove()
     return torch.cat(rows)

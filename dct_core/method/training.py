@@ -21,6 +21,7 @@ from ..errors import DCTError
 from ..formats.tokens import ClassToken
 from .backend import Backend, Conditioning, Vectors
 from .checkpointing import block_checkpointing, checkpoint_units
+from .diversity import channel_statistics
 from .freezing import frozen
 from .generation import generate_images
 from .prompts import prompts_for_batch, strip_token
@@ -245,12 +246,7 @@ class _Spread:
             yield seen
             return
 
-        def keep(_m, _args, out):
-            o = out.float()
-            stats = [o.mean((2, 3)), o.std((2, 3))] if o.dim() == 4 else [o.mean(1), o.std(1)]
-            seen.append(torch.cat(stats, 1))
-
-        handle = self.stem.register_forward_hook(keep)
+        handle = self.stem.register_forward_hook(lambda _m, _args, out: seen.append(channel_statistics(out)))
         try:
             yield seen
         finally:
