@@ -43,7 +43,7 @@ from dct_core.formats.tokens import sanitize_name  # noqa: E402
 from dct_core.jobs.dataset import plan_classes, write_dataset  # noqa: E402
 from dct_core.jobs.demo import demo_config  # noqa: E402
 from dct_core.jobs.run import TrainJob, run_training  # noqa: E402
-from dct_core.world import SAMPLING, load_world_backend, load_world_classifier  # noqa: E402
+from dct_core.world import SAMPLING, load_world_backend, load_world_classifier, variety_reader  # noqa: E402
 from dct_core.world.classifier_training import _normalize, fit_classifier  # noqa: E402
 from dct_core.world.classifier_zoo import CLASSIFIERS  # noqa: E402
 from dct_core.world.scenes import CLASSES, LABELS, render  # noqa: E402
@@ -57,18 +57,18 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def train_library(folder: Path, backend, steps: int | None) -> None:
-    """One token per world class (default recipe, the world's prompts with the class's coarse word), cached."""
+def train_library(folder: Path, backend, steps: int | None, recipe: str) -> None:
+    """One token per world class (the recipe, the world's prompts with the class's coarse word), cached."""
     guide = load_world_classifier("guide")
     for cls in CLASSES:
         out = folder / f"{sanitize_name(cls.label)}.safetensors"
         if out.exists():
             continue
         started = time.perf_counter()
-        config = replace(demo_config(steps), init_word=cls.noun)
+        config = replace(demo_config(steps, recipe=recipe), init_word=cls.noun)
         outcome = run_training(TrainJob(backend, guide, guide.class_index(cls.label), config,
                                         name=sanitize_name(cls.label), prompt_label=cls.noun, out=out,
-                                        recipe=DEFAULT_PRESET, base_model="dct demo world"))
+                                        recipe=recipe, base_model="dct demo world"))
         if outcome.save_error:
             raise SystemExit(outcome.save_error)
         r = outcome.result
@@ -110,6 +110,24 @@ def train_on(images: torch.Tensor, labels: torch.Tensor, *, steps: int, seed: in
 
 
 @torch.no_grad()
+def generated_sets(generated: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, dict[str, list[float]]]:
+    """Per condition and class: how many generated images the world's held-out classifier gives their label, and
+    the colour / all-attribute entropy (bits) of the set: what a classifier trained on them can learn."""
+    held_out, entropy = load_world_classifier("held-out"), variety_reader()
+    out: dict[str, dict[str, list[float]]] = {}
+    for cond, (images, labels) in generated.items():
+        agree, colour, total = [], [], []
+        for c in range(len(LABELS)):
+            mine = images[labels == c]
+            agree.append(float((held_out(mine).argmax(-1) == c).float().mean()))
+            bits = entropy(mine)
+            colour.append(bits["color"])
+            total.append(bits["total"])
+        out[cond] = {"agree": agree, "colour_bits": colour, "total_bits": total}
+    return out
+
+
+@torch.no_grad()
 def top1(model, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, list[float]]:
     pred = torch.cat([model(_normalize(images[i:i + 250])).argmax(-1) for i in range(0, len(images), 250)])
     right = (pred == labels).float()
@@ -120,6 +138,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="bench/results/augmentation", help="working folder (tokens, datasets, results)")
     p.add_argument("--library", help="folder of the ten world tokens (default OUT/tokens; trained if missing)")
+    p.add_argument("--recipe", default=DEFAULT_PRESET, help=f"token recipe (default {DEFAULT_PRESET})")
     p.add_argument("--token-steps", type=int, help="token training steps (default: the recipe's)")
     p.add_argument("--real-per-class", type=int, default=5, help="K real renders per class (default 5)")
     p.add_argument("--generated-per-class", type=int, default=96, help="N generated images per class (default 96)")
@@ -131,20 +150,21 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     started = time.perf_counter()
     out = Path(args.out)
-    library = Path(args.library) if args.library else out / "tokens"
+    library = Path(args.library) if args.library else out / f"tokens-{args.recipe}"
     backend = load_world_backend()
-    train_library(library, backend, args.token_steps)
+    train_library(library, backend, args.token_steps, args.recipe)
     missing = set(range(len(LABELS))) - {plan.class_index for plan in plan_classes(library)}
     if missing:
         raise SystemExit(f"{library} lacks tokens for: {', '.join(LABELS[i] for i in sorted(missing))}")
     generated = {}
     for name, without in (("+plain", True), ("+tokens", False)):
-        root = out / ("plain" if without else "tokens-dataset")
+        root = out / ("plain" if without else f"dataset-{library.name}")
         t = time.perf_counter()
         write_dataset(backend, library, root, args.generated_per_class, without_tokens=without, sampling=SAMPLING,
                       model="world", batch=64)
         generated[name] = load_folder(root, args.generated_per_class)
         log(f"{name}: {len(generated[name][1])} generated images ({time.perf_counter() - t:.0f} s)")
+    sets = generated_sets(generated)
     per_class_test = -(-args.test_images // len(LABELS))
     test = real_renders(per_class_test, TEST_SEED)
     results: dict[str, list[dict]] = {c: [] for c in CONDITIONS}
@@ -163,7 +183,8 @@ def main(argv=None) -> int:
     minutes = (time.perf_counter() - started) / 60
     print(f"held-out architecture ({CLASSIFIERS['held-out'].architecture}) from scratch, {args.steps} steps of "
           f"{args.batch}; K={args.real_per_class} real + N={args.generated_per_class} generated per class; top-1 on "
-          f"{len(test[1])} fresh real renders; seeds {args.seeds}; {minutes:.1f} min\n")
+          f"{len(test[1])} fresh real renders; seeds {args.seeds}; tokens: {library} ({args.recipe}); "
+          f"{minutes:.1f} min\n")
     print("| condition | train images / class | top-1 mean | spread (min-max) | std |")
     print("|---|---|---|---|---|")
     for cond in CONDITIONS:
@@ -171,14 +192,20 @@ def main(argv=None) -> int:
         n = args.real_per_class + (args.generated_per_class if cond != "real" else 0)
         std = statistics.stdev(accs) if len(accs) > 1 else 0.0
         print(f"| {cond} | {n} | {statistics.mean(accs):.1f} | {min(accs):.1f}-{max(accs):.1f} | {std:.1f} |")
-    print("\nper-class top-1, mean over seeds (%):")
-    print("| class | " + " | ".join(CONDITIONS) + " |")
-    print("|---|" + "---|" * len(CONDITIONS))
+    print("\nper class: top-1 of the trained classifiers, mean over seeds (%); the generated sets: images the "
+          "held-out world classifier gives their label (%), colour and all-attribute entropy (bits), plain / tokens")
+    print("| class | " + " | ".join(CONDITIONS) + " | label agrees | colour bits | all bits |")
+    print("|---|" + "---|" * (len(CONDITIONS) + 3))
     for c, label in enumerate(LABELS):
         cells = [f"{100 * statistics.mean(r['per_class'][c] for r in results[cond]):.0f}" for cond in CONDITIONS]
+        plain, tokens = sets["+plain"], sets["+tokens"]
+        cells += [f"{100 * plain['agree'][c]:.0f} / {100 * tokens['agree'][c]:.0f}",
+                  f"{plain['colour_bits'][c]:.2f} / {tokens['colour_bits'][c]:.2f}",
+                  f"{plain['total_bits'][c]:.2f} / {tokens['total_bits'][c]:.2f}"]
         print(f"| {label} | " + " | ".join(cells) + " |")
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "minutes": minutes, "results": results}, indent=2))
+        Path(args.json).write_text(json.dumps({"args": vars(args), "minutes": minutes, "results": results,
+                                               "generated": sets}, indent=2))
     return 0
 
 

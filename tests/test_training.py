@@ -269,3 +269,33 @@ def test_preserve_compares_each_image_with_what_the_prompt_alone_makes(sd1_world
     baseline = []
     train_class_token(backend, classifier, 1, "tiger cat", plain, on_step=lambda r, i: baseline.append(r))
     assert records[0].loss >= baseline[0].loss  # the drift term adds to the loss (the token starts as "a")
+
+
+def test_spread_adds_a_variety_term_against_the_prompt_alone_batch(sd1_world):
+    from dct_core.method.training import _Spread
+
+    backend, classifier = sd1_world
+    spread = _Spread(classifier, on=True)
+    images = generate_images(backend, ["a photo of a tiger cat"] * 4, range(4), TINY_SAMPLING)
+    with spread.features() as seen:
+        classifier(images[:1].repeat(4, 1, 1, 1))  # a collapsed batch: four copies of one image
+    collapsed = spread.loss(seen, [images])
+    with spread.features() as seen:
+        classifier(images)
+    same = spread.loss(seen, [images])
+    assert float(collapsed) == pytest.approx(1.0, abs=1e-5)  # no variety where the prompt alone has some
+    assert float(same) == pytest.approx(0.0, abs=1e-5)  # as varied as the prompt alone: nothing to pay
+
+    before = state_fingerprint(*_modules(backend, classifier))
+    spy = _Spy(backend)
+    config = TrainConfig(max_steps=2, gradient_point="x0", spread=20.0, **FAST)
+    records = []
+    result = train_class_token(spy, classifier, 1, "tiger cat", config, on_step=lambda r, i: records.append(r))
+    predictions = [c for c in spy.calls if c[0] == "x0"]
+    assert [c[2] for c in predictions[:2]] == [False, True]  # the prompt alone's batch (no grad), then the token's
+    assert len(records) == 2 and all(r.grad_norm > 0 for r in records)
+    assert_same_state(before, state_fingerprint(*_modules(backend, classifier)))
+    assert not torch.equal(result.token.vectors["clip_l"], backend.init_vectors("a", 1)["clip_l"].cpu()) \
+        or result.best_step == 0
+    with pytest.raises(DCTError, match="spread"):  # only at the x0 gradient point
+        train_class_token(backend, classifier, 1, "tiger cat", TrainConfig(max_steps=1, spread=1.0, **FAST))
