@@ -61,3 +61,21 @@ def test_a_token_that_paints_every_image_one_colour_is_narrowed_and_one_that_kee
     assert kept["ratio"] >= KEPT_ABOVE and kept["kept"] is True
     assert appearance_features(classifier, plain).shape == (32, 16)
     assert diversity_scores(appearance_features(classifier, plain), None)["ratio"] is None
+
+
+def test_the_leak_names_the_other_class_a_token_draws_and_ignores_the_target_and_falling_classes():
+    from dct_core.method.evaluation import class_leak
+
+    class Colour(ImageClassifier):  # "judges" an image by its strongest channel: 0 red, 1 green, 2 blue
+        def __call__(self, images):
+            return images.mean(dim=(2, 3)) * 10
+
+    judge = Colour(module=torch.nn.Conv2d(3, 3, 1), labels=["red", "green", "blue"])
+    red, green, blue = (torch.eye(3)[i].view(1, 3, 1, 1).expand(8, 3, 4, 4) for i in range(3))
+    plain = torch.cat([red, red, green, green])  # half red, half green
+    token = torch.cat([blue, blue, blue, green])  # the target (blue) rises, red falls, green falls too
+    assert class_leak(judge, {WITHOUT: plain, WITH: token}, target=2)["points"] == 0.0
+    leaky = torch.cat([blue, blue, green, green]).clone()
+    leaky[:4] = torch.eye(3)[1].view(3, 1, 1)  # 4 of the target's images are green instead: green rises 12.5 points
+    report = class_leak(judge, {WITHOUT: plain, WITH: leaky}, target=2)
+    assert report["points"] == 0.125 and list(report["classes"]) == ["green"]

@@ -75,6 +75,7 @@ def run(args) -> int:
         entropy=named.variety() if named is not None and named.variety is not None else None,
         reference=reference, feature_classifier=features if reference is not None else None,
         diversity_classifier=feature_choice or classifier,
+        leak=_leak_judge(classifier, held_out, label, target),
     )
     report = {"class_index": target, "class_label": label, "prompt_label": prompt_label,
               "classifier": name, "target": "off" if args.target_off else "on", "num_images": args.num_images,
@@ -84,6 +85,16 @@ def run(args) -> int:
     else:
         print(printable_lines(format_eval(report)))
     return 0
+
+
+def _leak_judge(classifier, held_out, label: str, target: int):
+    """The held-out judge where there is one (the guide cannot see what it is fooled by), else the classifier."""
+    if held_out is not None:
+        try:
+            return held_out, held_out.class_index(label)
+        except DCTError:  # a held-out judge without the class: fall back on the classifier
+            pass
+    return classifier, target
 
 
 def _reference_images(args, named, label: str, resolution: int):
@@ -124,6 +135,11 @@ def format_eval(report: dict) -> str:
         verdict = "kept" if div["kept"] else "NARROWED: the token fixes what the prompt leaves free"
         lines.append(f"diversity ({div['index']}, {div['features']} features), without -> with the token: "
                      f"{div['without']:.2f} -> {div['with']:.2f}, ratio {div['ratio']:.2f} ({verdict})")
+    leak = report.get("leak")
+    if leak and leak.get("error") is None:
+        risers = ", ".join(f"{k} +{100 * v:.1f}" for k, v in leak["classes"].items()) or "none"
+        lines.append(f"other classes the token draws ({leak['judge']}): +{100 * leak['points']:.1f} points of the "
+                     f"images ({risers})")
     fd = report.get("frechet")
     if fd:
         with_text = "" if fd["with"] is None else f" -> {fd['with']:.2f} with the token"

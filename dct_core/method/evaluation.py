@@ -93,6 +93,27 @@ def diversity_report(classifier: Classifier, images: Mapping[str, torch.Tensor])
     return {**report, "features": getattr(source, "name", type(source).__name__)}
 
 
+def class_leak(classifier: Classifier, images: Mapping[str, torch.Tensor], target: int, *, top: int = 3) -> dict:
+    """Where the token sends images the judge does not put in the target class: each other class's rise in its share
+    of the judge's top-1, with over without the token, summed over the classes that rise ("points"), and the
+    largest risers. A token can raise its class's top-1 by drawing a neighbour the GUIDE confuses with it (a toy-kite
+    token drawing crosses: bench/results/augmentation-2026-12-06.md); a held-out judge sees that here. Single-label
+    classifiers only (a multi-label one has no one class per image)."""
+    if classifier.multi_label:
+        return {"error": "a multi-label classifier gives no one class per image"}
+    device = next(classifier.module.parameters()).device
+    shares = {}
+    for condition in (WITHOUT, WITH):
+        with torch.no_grad():
+            seen = torch.cat([classifier(chunk.to(device)).argmax(-1).cpu() for chunk in images[condition].split(64)])
+        shares[condition] = torch.bincount(seen, minlength=classifier.num_classes).float() / len(seen)
+    rise = (shares[WITH] - shares[WITHOUT]).clamp_min(0)
+    rise[target] = 0
+    order = [int(i) for i in rise.argsort(descending=True)[:top] if rise[i] > 0]
+    return {"points": float(rise.sum()), "classes": {classifier.class_name(i): float(rise[i]) for i in order},
+            "judge": getattr(classifier, "name", type(classifier).__name__)}
+
+
 def diversity_line(classifier: Classifier, before: torch.Tensor, after: torch.Tensor) -> str:
     """One line for a front end's result text: the diversity ratio of the before/after images (few images: a rough
     sign; ``dct eval`` measures it on 64), or why it could not be measured."""
@@ -115,10 +136,12 @@ def token_quality(
     reference: torch.Tensor | None = None,
     feature_classifier: Classifier | None = None,
     diversity_classifier: Classifier | None = None,
+    leak: tuple[Classifier, int] | None = None,
 ) -> dict:
     """Beyond accuracy: the fooling gap (guide vs held-out), variety of the free attributes (when the model
     offers a reader), the Frechet distance to real images of the class on a classifier's features, and the
-    diversity index on any model (``diversity_classifier``'s features)."""
+    diversity index on any model (``diversity_classifier``'s features), and the other classes the token draws
+    (``leak``: a judge, best a held-out one, and the target's index in it)."""
     from .frechet import frechet_with_and_without
 
     out: dict = {}
@@ -127,6 +150,8 @@ def token_quality(
             out["diversity"] = diversity_report(diversity_classifier, images)
         except DCTError as exc:  # a classifier without features: the rest of the report still stands
             out["diversity"] = {"error": str(exc)}
+    if leak is not None and WITH in images:
+        out["leak"] = class_leak(leak[0], images, leak[1])
     if guide is not None and held_out is not None:
         out["fooling_gap"] = fooling_gap(results, guide, held_out)
     if entropy is not None:
