@@ -53,7 +53,9 @@ def test_library_trains_each_class_once_and_indexes_it(tmp_path, capsys, monkeyp
     entry = index["classes"][1]
     assert entry["index"] == 1 and entry["prompt_label"] == "kite"  # the world's coarse caption word, as the demo
     assert entry["held_out_accuracy"] is not None and entry["seconds"] > 0
-    assert "ball" in capsys.readouterr().out
+    assert 0 <= entry["leak"] <= 1  # the share of images the token sends to other classes, as `dct eval` reports
+    summary = capsys.readouterr().out
+    assert "ball" in summary and "leak" in summary
     stamps = {k: (out / f"{k}.safetensors").stat().st_mtime_ns for k in keys}
 
     def no_training(*a, **k):

@@ -160,7 +160,8 @@ def run_demo(
             break
         quality = token_quality(accuracy, images, guide=guide.name, held_out=held_out.name, entropy=entropy,
                                 reference=reference_renders(target.label, num_images),
-                                feature_classifier=held_out, diversity_classifier=guide)
+                                feature_classifier=held_out, diversity_classifier=guide,
+                                leak=(held_out, held_out.class_index(target.label)))
         report.rows.append(DemoRow(target, accuracy, len(result.history), seconds, result.stopped,
                                    report.token_paths[-1], quality))
         grid_rows += [images[WITHOUT][:8], images[WITH][:8]]
@@ -192,10 +193,11 @@ def format_table(report: DemoReport) -> str:
                          f"{a1 - b1:>+7.1f}{b5:>14.1f}%{a5:>7.1f}%")
     lines += ["", "variety (entropy in bits of what the prompt leaves free, without -> with the token; diversity: "
               "the feature index any model has, with / without), fooling gap "
-              "(guide minus held-out top-1 with the token), Frechet distance to real renders of the class "
+              "(guide minus held-out top-1 with the token), leak (points of the images the held-out judge puts in "
+              "classes that rise with the token), Frechet distance to real renders of the class "
               f"(features of {report.classifiers['held_out']}; lower is closer)",
               f"{'class':<22}{'colour bits':>14}{'all attributes':>17}{'worst ratio':>13}{'diversity':>11}"
-              f"{'fooling gap':>13}{'Frechet without':>17}{'with':>8}"]
+              f"{'fooling gap':>13}{'leak':>7}{'Frechet without':>17}{'with':>8}"]
     for row in report.rows:
         q = row.quality
         v, fd, gap = q.get("variety", {}), q.get("frechet", {}), q.get("fooling_gap")
@@ -205,8 +207,11 @@ def format_table(report: DemoReport) -> str:
         gap_text = "-" if gap is None else f"{100 * gap:+.1f}"
         ratio = q.get("diversity", {}).get("ratio")
         diversity = "-" if ratio is None else f"x{ratio:.2f}"
+        points = q.get("leak", {}).get("points")
+        leak = "-" if points is None else f"{100 * points:.1f}"
         fds = (f"{fd['without']:>17.2f}{fd['with']:>8.2f}" if fd.get("with") is not None else f"{'-':>17}{'-':>8}")
-        lines.append(f"{row.target.label:<22}{colour:>14}{total:>17}{worst:>13}{diversity:>11}{gap_text:>13}{fds}")
+        lines.append(f"{row.target.label:<22}{colour:>14}{total:>17}{worst:>13}{diversity:>11}{gap_text:>13}{leak:>7}"
+                     f"{fds}")
     return "\n".join(lines)
 
 

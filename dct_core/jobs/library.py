@@ -394,7 +394,8 @@ def _done_entry(key: str, state: TokenState) -> dict:
             "steps": _int(meta.get("trained_steps")), "best_step": _int(meta.get("steps")),
             "accuracy": _float(meta.get("accuracy")), "held_out_accuracy": _float(meta.get("held_out_accuracy")),
             "held_out_without": _float(meta.get("held_out_without")),
-            "diversity_ratio": _float(meta.get("diversity_ratio")), "seconds": _float(meta.get("seconds")),
+            "diversity_ratio": _float(meta.get("diversity_ratio")), "leak": _float(meta.get("leak")),
+            "seconds": _float(meta.get("seconds")),
             "stopped": meta.get("stopped")}
 
 
@@ -546,10 +547,11 @@ class _Bookkeeping:
 
 
 def _held_out(backend: Backend, settings: LibrarySettings, label: str, prompt_label: str, vectors,
-              config: TrainConfig) -> tuple[float, float, float | None]:
-    """Top-1 of the held-out classifier on a few fresh seeds, with and without the token, and the diversity ratio
-    under its features (method/diversity.py; None where it has none)."""
-    from ..method.evaluation import WITH, WITHOUT, compare_with_token, diversity_report
+              config: TrainConfig) -> tuple[float, float, float | None, float | None]:
+    """Top-1 of the held-out classifier on a few fresh seeds, with and without the token, the diversity ratio
+    under its features (method/diversity.py; None where it has none), and the share of images the token sends to
+    other classes (evaluation.class_leak; None for a multi-label classifier)."""
+    from ..method.evaluation import WITH, WITHOUT, class_leak, compare_with_token, diversity_report
 
     assert settings.eval_classifier is not None
     settings.eval_classifier.to(backend.device)
@@ -560,7 +562,8 @@ def _held_out(backend: Backend, settings: LibrarySettings, label: str, prompt_la
         ratio = diversity_report(settings.eval_classifier, images)["ratio"]
     except DCTError:  # a classifier without features
         ratio = None
-    return results["held-out"][WITH]["top1"], results["held-out"][WITHOUT]["top1"], ratio
+    leak = class_leak(settings.eval_classifier, images, settings.eval_classifier.class_index(label)).get("points")
+    return results["held-out"][WITH]["top1"], results["held-out"][WITHOUT]["top1"], ratio, leak
 
 
 def train_one(backend: Backend, classifier: Classifier, c: LibraryClass, out: Path, settings: LibrarySettings,
@@ -579,12 +582,14 @@ def train_one(backend: Backend, classifier: Classifier, c: LibraryClass, out: Pa
         def judged(result: TrainResult) -> dict[str, str]:
             meta = {"seconds": f"{time.perf_counter() - started:.2f}"}
             if settings.eval_classifier is not None:
-                with_token, without, diversity = _held_out(backend, settings, c.label, word,
+                with_token, without, diversity, leak = _held_out(backend, settings, c.label, word,
                                                            result.token.for_encoders(backend.encoders), config)
                 meta.update(held_out_accuracy=f"{with_token:.4f}", held_out_without=f"{without:.4f}",
                             held_out_classifier=settings.eval_name)
                 if diversity is not None:
                     meta["diversity_ratio"] = f"{diversity:.4f}"
+                if leak is not None:
+                    meta["leak"] = f"{leak:.4f}"
             return meta
 
         job = TrainJob(backend, classifier, c.index, config, name=c.key, prompt_label=word,
@@ -707,13 +712,13 @@ def format_summary(index: dict) -> str:
         return "-" if not isinstance(v, (int, float)) or isinstance(v, bool) else fmt.format(v)
 
     lines = [f"{'class':<28}{'status':<9}{'steps':>6}{'accuracy':>10}{'held-out':>10}{'diversity':>10}"
-             f"{'seconds':>9}"]
+             f"{'leak':>7}{'seconds':>9}"]
     for e in index["classes"]:
         elsewhere = e.get("running_elsewhere")
         status = "running" if elsewhere and e["status"] != "done" else e["status"]
         lines.append(f"{e['class'][:27]:<28}{status:<9}{num(e.get('steps'), '{}'):>6}{num(e.get('accuracy')):>10}"
                      f"{num(e.get('held_out_accuracy')):>10}{num(e.get('diversity_ratio')):>10}"
-                     f"{num(e.get('seconds'), '{:.1f}'):>9}")
+                     f"{num(e.get('leak')):>7}{num(e.get('seconds'), '{:.1f}'):>9}")
         if elsewhere and e["status"] != "done":
             lines.append(f"    running elsewhere: {elsewhere}"
                          + (f"; last attempt failed: {e.get('message', '')}" if e["status"] == "failed" else ""))
