@@ -110,6 +110,24 @@ def train_on(images: torch.Tensor, labels: torch.Tensor, *, steps: int, seed: in
 
 
 @torch.no_grad()
+def guide_filtered(images: torch.Tensor, labels: torch.Tensor, count: int, prob: float):
+    """Per class, the first ``count`` images the guide gives their label at least ``prob``, topped up with the most
+    probable of the rest where fewer pass."""
+    guide = load_world_classifier("guide")
+    p = torch.cat([guide(images[i:i + 256]).softmax(-1) for i in range(0, len(images), 256)])
+    p = p[torch.arange(len(labels)), labels]
+    keep = []
+    for c in labels.unique():
+        idx = (labels == c).nonzero().flatten()
+        passing, rest = idx[p[idx] >= prob], idx[p[idx] < prob]
+        rest = rest[p[rest].argsort(descending=True)]
+        keep.append(torch.cat([passing, rest])[:count])
+        log(f"filter: class {LABELS[int(c)]!r}: {len(passing)} of {len(idx)} pass p >= {prob}")
+    keep_idx = torch.cat(keep)
+    return images[keep_idx], labels[keep_idx]
+
+
+@torch.no_grad()
 def generated_sets(generated: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, dict[str, list[float]]]:
     """Per condition and class: how many generated images the world's held-out classifier gives their label, and
     the colour / all-attribute entropy (bits) of the set: what a classifier trained on them can learn."""
@@ -142,6 +160,9 @@ def main(argv=None) -> int:
     p.add_argument("--token-steps", type=int, help="token training steps (default: the recipe's)")
     p.add_argument("--real-per-class", type=int, default=5, help="K real renders per class (default 5)")
     p.add_argument("--generated-per-class", type=int, default=96, help="N generated images per class (default 96)")
+    p.add_argument("--filter-prob", type=float, default=0.0,
+                   help="draw 2N per class and keep the first N the guide gives their label this probability (the "
+                        "most probable where fewer pass), for plain prompts and tokens alike (default 0: off)")
     p.add_argument("--test-images", type=int, default=1000, help="fresh real test renders (default 1000)")
     p.add_argument("--steps", type=int, default=800, help="classifier training steps (default 800)")
     p.add_argument("--batch", type=int, default=64, help="classifier batch size (default 64)")
@@ -157,12 +178,15 @@ def main(argv=None) -> int:
     if missing:
         raise SystemExit(f"{library} lacks tokens for: {', '.join(LABELS[i] for i in sorted(missing))}")
     generated = {}
+    drawn = args.generated_per_class * (2 if args.filter_prob else 1)
     for name, without in (("+plain", True), ("+tokens", False)):
-        root = out / ("plain" if without else f"dataset-{library.name}")
+        root = out / (("plain" if without else f"dataset-{library.name}") + ("-2x" if args.filter_prob else ""))
         t = time.perf_counter()
-        write_dataset(backend, library, root, args.generated_per_class, without_tokens=without, sampling=SAMPLING,
+        write_dataset(backend, library, root, drawn, without_tokens=without, sampling=SAMPLING,
                       model="world", batch=64)
-        generated[name] = load_folder(root, args.generated_per_class)
+        generated[name] = load_folder(root, drawn)
+        if args.filter_prob:
+            generated[name] = guide_filtered(*generated[name], args.generated_per_class, args.filter_prob)
         log(f"{name}: {len(generated[name][1])} generated images ({time.perf_counter() - t:.0f} s)")
     sets = generated_sets(generated)
     per_class_test = -(-args.test_images // len(LABELS))
