@@ -155,7 +155,7 @@ def top1(model, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, list
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="bench/results/augmentation", help="working folder (tokens, datasets, results)")
-    p.add_argument("--library", help="folder of the ten world tokens (default OUT/tokens; trained if missing)")
+    p.add_argument("--library", help="folder of the ten world tokens (default OUT/tokens-RECIPE; trained if missing)")
     p.add_argument("--recipe", default=DEFAULT_PRESET, help=f"token recipe (default {DEFAULT_PRESET})")
     p.add_argument("--token-steps", type=int, help="token training steps (default: the recipe's)")
     p.add_argument("--real-per-class", type=int, default=5, help="K real renders per class (default 5)")
