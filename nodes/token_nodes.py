@@ -103,12 +103,16 @@ class LoadClassToken(io.ComfyNode):
         )
 
     @classmethod
-    def fingerprint_inputs(cls, token):
-        """Re-read the file when it changed on disk (a token retrained under the same name)."""
+    def fingerprint_inputs(cls, token=None):
+        """Re-read the file when it changed on disk (a token retrained under the same name). The host passes only
+        constant inputs here: a name that arrives through a link is unknown, so the node runs every time (NaN is
+        never equal to itself) rather than logging a missing-argument warning."""
         import os
 
         import folder_paths
 
+        if token is None:
+            return float("nan")
         path = folder_paths.get_full_path("embeddings", token)
         if path is None:
             return token

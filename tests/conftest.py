@@ -48,9 +48,26 @@ def sd1_backend():
     return DiffusersBackend(tiny_pipeline("sd1"))
 
 
+@pytest.fixture(scope="session")
+def _sd1_world_built():
+    """sd1_world built from scratch once (its calibration samples 20 images: ~2 s a test), with the global torch
+    RNG state building it leaves behind."""
+    backend = DiffusersBackend(tiny_pipeline("sd1"))
+    world = backend, calibrated_classifier(backend)
+    return world, torch.get_rng_state()
+
+
 @pytest.fixture
-def sd1_world(sd1_backend):
-    return sd1_backend, calibrated_classifier(sd1_backend)
+def sd1_world(_sd1_world_built):
+    """(backend, calibrated classifier): a deep copy per test, as built from scratch (weights, scheduler state,
+    classifier) with the global torch RNG where building it leaves it; tests may change it freely. Its backend is
+    its own, not the sd1_backend fixture's."""
+    import copy
+
+    world, rng_state = _sd1_world_built
+    fresh = copy.deepcopy(world)
+    torch.set_rng_state(rng_state)
+    return fresh
 
 
 def state_fingerprint(*modules):

@@ -55,7 +55,7 @@ BUILD_GRAPH = """() => {
   for (const [k, v] of Object.entries({max_steps: 2, save_name: 'browser-token', overwrite: true, recipe: 'paper'}))
     set(train, k, v);
   const opts = add('DCTTrainingOptions', 0, 600);
-  const o = {batch_size: 2, sampling_steps: 2, resolution: 64, lr: 0.05, accuracy_threshold: 1.0,
+  const o = {batch_size: 1, sampling_steps: 1, resolution: 64, lr: 0.05, accuracy_threshold: 1.0,
              templates: 'A photo of {token} {label}'};
   for (const [k, v] of Object.entries(o)) set(opts, k, v);
   opts.connect(0, train, train.findInputSlot('options'));

@@ -157,7 +157,7 @@ def test_a_dynamic_vram_host_trains_without_a_restart_flag(host, loaded, classif
     fake_model, fake_clip, fake_vae = dynamic_model(model, delegate=model), dynamic_clip(clip), dynamic_vae(vae)
     train = _node(host, "legacy_train_node", "TrainClassToken")
     out = _run(train, **_train_inputs(fake_model, fake_clip, fake_vae, classifier, steps=2, backprop_depth=1,
-                                      save_name="dynamic-host"))
+                                      batch_size=1, save_name="dynamic-host"))
     token = load_class_token(host["models"] / "embeddings" / "dynamic-host.safetensors")
     assert token.metadata["trained_steps"] == "2" and torch.isfinite(token.vectors["clip_l"]).all()
     assert fake_model.asked and fake_clip.calls and all(fake_clip.calls)

@@ -33,12 +33,12 @@ TINY_FILES = {
 # CPU-sized settings instead of the paper's.
 SMALL = {
     TRAIN: {"max_steps": 2},
-    LEGACY_TRAIN: {"resolution": 64, "steps": 2, "sampling_steps": 2, "batch_size": 2},
+    LEGACY_TRAIN: {"resolution": 64, "steps": 2, "sampling_steps": 2, "batch_size": 1},
     "EmptyLatentImage": {"width": 64, "height": 64, "batch_size": 2},
     "KSampler": {"steps": 2},
 }
 # The simple Train node has no size settings: the tests plug a DCT Training Options node in with these.
-SMALL_OPTIONS = {"resolution": 64, "sampling_steps": 2, "batch_size": 2}
+SMALL_OPTIONS = {"resolution": 64, "sampling_steps": 2, "batch_size": 1}
 
 
 def load(name: str) -> dict:
@@ -153,7 +153,7 @@ def test_examples_run_in_order_train_apply_compare(server):
     meta = token_metadata(server, save_name)
     # the example's recipe, with the options node's settings over it and the recipe's everywhere it says 0
     assert (meta["recipe"], meta["lr"], meta["init_word"], meta["fresh_seeds"]) == ("balanced", "0.05", "a", "true")
-    assert (meta["resolution"], meta["sampling_steps"], meta["batch_size"]) == ("64", "2", "2")
+    assert (meta["resolution"], meta["sampling_steps"], meta["batch_size"]) == ("64", "2", "1")
     assert meta["sampler"] == "euler/normal" and meta["guidance"] == "7.0" and meta["max_steps"] == "2"
     previews = [k for k, n in train.items() if n["class_type"] == "PreviewImage"]
     assert len(previews) == 2 and all(entry["outputs"][k]["images"] for k in previews)
@@ -209,6 +209,6 @@ def test_a_workflow_saved_with_the_legacy_train_node_loads_and_runs(server):
     assert len(previews) == 2 and all(entry["outputs"][k]["images"] for k in previews)
     meta = token_metadata(server, "dct-tiger-cat-legacy")
     assert (meta["recipe"], meta["lr"], meta["init_word"], meta["fresh_seeds"]) == ("paper", "0.00125", "a", "false")
-    assert (meta["resolution"], meta["sampling_steps"], meta["batch_size"], meta["max_steps"]) == ("64", "2", "2", "2")
+    assert (meta["resolution"], meta["sampling_steps"], meta["batch_size"], meta["max_steps"]) == ("64", "2", "1", "2")
     assert json.loads(meta["templates"]) == ["A high-resolution realistic image of a {token} {label}",
                                              "A photo of {token} {label}"]

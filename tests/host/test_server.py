@@ -38,7 +38,7 @@ def _train_workflow(save_name: str, target: str = "tiger cat") -> dict:
         "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 1]}},
         "5": {"class_type": "PreviewImage", "inputs": {"images": ["3", 2]}},
         "6": {"class_type": OPTIONS, "inputs": {
-            "init_word": "a", "templates": "A photo of {token} {label}", "lr": 0.05, "batch_size": 2,
+            "init_word": "a", "templates": "A photo of {token} {label}", "lr": 0.05, "batch_size": 1,
             "micro_batch": 0, "guidance": 7.0, "sampler_name": "euler", "scheduler": "normal", "sampling_steps": 2,
             "resolution": 64, "seed": 0, "accuracy_threshold": 1.0, "patience": 15, "backprop_depth": 1,
             "decoder": "checkpoint VAE", "preview_every": 1, "fresh_seeds": "recipe", **UNSET_NEW_OPTIONS}},

@@ -22,7 +22,7 @@ LABELS = ["kite", "finch", "warbler"]
 CLASSIFIER = "tiny.safetensors"
 TRAIN = {"classifier": CLASSIFIER, "timm_architecture": "resnet10t", "target_class": "kite", "steps": 2,
          "save_name": "dct-kite",
-         "options": {"resolution": 64, "sampling_steps": 3, "batch_size": 2, "validation_images": 0,
+         "options": {"resolution": 64, "sampling_steps": 3, "batch_size": 1, "validation_images": 0,
                      "threshold_window": 100, "patience": 1000}}  # a random classifier: no early stop
 TXT2IMG = {"prompt": "a photo of a kite", "negative_prompt": "", "width": 64, "height": 64, "steps": 3,
            "cfg_scale": 5.0, "sampler_name": "Euler", "seed": 7, "batch_size": 1,

@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CLASSIFIER = "tiny.safetensors"
-SMALL = {"resolution": "64", "sampling_steps": "3", "batch_size": "2", "validation_images": "0",
+SMALL = {"resolution": "64", "sampling_steps": "3", "batch_size": "1", "validation_images": "0",
          "threshold_window": "100", "patience": "1000"}
 ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking", "--disable-dev-shm-usage"]
 
