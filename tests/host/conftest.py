@@ -86,28 +86,17 @@ def host(tmp_path_factory):
 @pytest.fixture(scope="session")
 def sd15_checkpoint(host) -> Path:
     """A ~280 MB random-weight checkpoint the host detects as SD1.5, linked into the models folder from the test
-    cache (sdxl_checkpoint.cache_dir), where it is built first when missing. The build is seeded, so a cached file
+    cache (sdxl_checkpoint.cached_build), where it is built first when missing. The build is seeded, so a cached file
     is the one a build would write; the key changes with sd15_checkpoint.py, the host version and torch."""
     import hashlib
 
     from . import sd15_checkpoint as builder
-    from .sdxl_checkpoint import cache_dir
+    from .sdxl_checkpoint import cached_build
 
     version = host["root"] / "comfyui_version.py"
     blob = Path(builder.__file__).read_bytes() + (version.read_bytes() if version.is_file() else b"")
     key = hashlib.sha256(blob + torch.__version__.encode()).hexdigest()[:16]
-    folder = cache_dir()
-    cached = folder / f"tiny_sd15_random-{key}.safetensors"
-    if not cached.is_file():
-        folder.mkdir(parents=True, exist_ok=True)
-        for old in folder.glob("tiny_sd15_random-*.safetensors"):
-            old.unlink(missing_ok=True)
-        partial = folder / f".{cached.name}.{os.getpid()}.partial"
-        try:
-            builder.build_sd15_checkpoint(partial)
-            os.replace(partial, cached)
-        finally:
-            partial.unlink(missing_ok=True)
+    cached = cached_build("tiny_sd15_random", key, builder.build_sd15_checkpoint)
     link = host["models"] / "checkpoints" / "tiny_sd15_random.safetensors"
     link.symlink_to(cached)
     return link

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -41,7 +42,7 @@ CACHE_ENV = "DCT_TEST_CACHE"
 
 
 def build_sdxl_checkpoint(path: Path) -> Path:
-    """Write the random SDXL-layout checkpoint (fp16) to ``path`` (atomically: a partial file never has the name)."""
+    """Write the random SDXL-layout checkpoint (fp16) to ``path`` (cached_build makes the write atomic)."""
     import comfy.supported_models
     import comfy.utils
 
@@ -64,13 +65,7 @@ def build_sdxl_checkpoint(path: Path) -> Path:
     out.update(saving.process_clip_state_dict_for_saving(clip_sd))
     out.update(saving.process_vae_state_dict_for_saving(vae_sd))
     out = {k: (v.to(torch.int64) if k.endswith("position_ids") else v.half()).contiguous() for k, v in out.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        comfy.utils.save_torch_file(out, str(partial))
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+    comfy.utils.save_torch_file(out, str(path))
     return path
 
 
@@ -89,12 +84,24 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dct-tests"
 
 
-def cached_sdxl_checkpoint(host_root: Path) -> Path:
-    """The checkpoint from the cache, built there first when missing (older builds of it are removed)."""
+def cached_build(stem: str, key: str, build: Callable[[Path], object]) -> Path:
+    """``<cache_dir>/<stem>-<key>.safetensors``, written there by ``build(path)`` first when missing (atomically: a
+    partial file never has the name; older builds of the same stem are removed)."""
     folder = cache_dir()
-    path = folder / f"tiny_sdxl_random-{cache_key(host_root)}.safetensors"
+    path = folder / f"{stem}-{key}.safetensors"
     if not path.is_file():
-        for old in folder.glob("tiny_sdxl_random-*.safetensors"):
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.glob(f"{stem}-*.safetensors"):
             old.unlink(missing_ok=True)
-        build_sdxl_checkpoint(path)
+        partial = folder / f".{path.name}.{os.getpid()}.partial"
+        try:
+            build(partial)
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
     return path
+
+
+def cached_sdxl_checkpoint(host_root: Path) -> Path:
+    """The checkpoint from the cache, built there first when missing."""
+    return cached_build("tiny_sdxl_random", cache_key(host_root), build_sdxl_checkpoint)
