@@ -18,6 +18,8 @@ default recipe (as ``dct demo`` trains them), cached in --library.
                                             # in --out; about 10 min from nothing (tokens ~2 min, images ~1-2 min)
     python bench/augmentation.py --library DIR --real-per-class 5 --generated-per-class 48 --steps 400  # ~4 min
 
+    python bench/augmentation.py --filter-prob 0.9   # both sets through dct dataset's filter (held-out judge)
+
 Measured (2 CPU cores, defaults, seeds 0,1,2): real 26.0 +- 3.0, +plain 68.3 +- 3.8, +tokens 71.1 +- 1.7 top-1.
 The tokens lift the classes whose prompt word is shared (toy kite 36 -> 83) but only 4 of the 10 classes have
 one, and the world's held-out classifier agrees with the label of 74% of the plain images and 82% of the token
@@ -41,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dct_core.config import DEFAULT_PRESET  # noqa: E402
 from dct_core.formats.tokens import sanitize_name  # noqa: E402
 from dct_core.jobs.dataset import plan_classes, write_dataset  # noqa: E402
+from dct_core.jobs.dataset_filter import KeepFilter  # noqa: E402
 from dct_core.jobs.demo import demo_config  # noqa: E402
 from dct_core.jobs.run import TrainJob, run_training  # noqa: E402
 from dct_core.world import SAMPLING, load_world_backend, load_world_classifier, variety_reader  # noqa: E402
@@ -110,24 +113,6 @@ def train_on(images: torch.Tensor, labels: torch.Tensor, *, steps: int, seed: in
 
 
 @torch.no_grad()
-def guide_filtered(images: torch.Tensor, labels: torch.Tensor, count: int, prob: float):
-    """Per class, the first ``count`` images the guide gives their label at least ``prob``, topped up with the most
-    probable of the rest where fewer pass."""
-    guide = load_world_classifier("guide")
-    p = torch.cat([guide(images[i:i + 256]).softmax(-1) for i in range(0, len(images), 256)])
-    p = p[torch.arange(len(labels)), labels]
-    keep = []
-    for c in labels.unique():
-        idx = (labels == c).nonzero().flatten()
-        passing, rest = idx[p[idx] >= prob], idx[p[idx] < prob]
-        rest = rest[p[rest].argsort(descending=True)]
-        keep.append(torch.cat([passing, rest])[:count])
-        log(f"filter: class {LABELS[int(c)]!r}: {len(passing)} of {len(idx)} pass p >= {prob}")
-    keep_idx = torch.cat(keep)
-    return images[keep_idx], labels[keep_idx]
-
-
-@torch.no_grad()
 def generated_sets(generated: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, dict[str, list[float]]]:
     """Per condition and class: how many generated images the world's held-out classifier gives their label, and
     the colour / all-attribute entropy (bits) of the set: what a classifier trained on them can learn."""
@@ -161,8 +146,12 @@ def main(argv=None) -> int:
     p.add_argument("--real-per-class", type=int, default=5, help="K real renders per class (default 5)")
     p.add_argument("--generated-per-class", type=int, default=96, help="N generated images per class (default 96)")
     p.add_argument("--filter-prob", type=float, default=0.0,
-                   help="draw 2N per class and keep the first N the guide gives their label this probability (the "
-                        "most probable where fewer pass), for plain prompts and tokens alike (default 0: off)")
+                   help="dct dataset's filter: keep only images the --filter-by classifier gives their label this "
+                        "probability, drawing on until N pass (at most 4N seeds), for plain prompts and tokens "
+                        "alike (default 0: off)")
+    p.add_argument("--filter-by", default="held-out", choices=("held-out", "guide"),
+                   help="the world classifier that filters (default held-out: a second judge, another architecture "
+                        "than the guide the tokens were trained against)")
     p.add_argument("--test-images", type=int, default=1000, help="fresh real test renders (default 1000)")
     p.add_argument("--steps", type=int, default=800, help="classifier training steps (default 800)")
     p.add_argument("--batch", type=int, default=64, help="classifier batch size (default 64)")
@@ -178,15 +167,20 @@ def main(argv=None) -> int:
     if missing:
         raise SystemExit(f"{library} lacks tokens for: {', '.join(LABELS[i] for i in sorted(missing))}")
     generated = {}
-    drawn = args.generated_per_class * (2 if args.filter_prob else 1)
+    wanted = args.generated_per_class
+    keep = None
+    if args.filter_prob:
+        keep = KeepFilter(load_world_classifier(args.filter_by), args.filter_prob, 4 * wanted,
+                          f"world:{args.filter_by}")
+    suffix = f"-{args.filter_by}-{args.filter_prob:g}" if keep else ""
     for name, without in (("+plain", True), ("+tokens", False)):
-        root = out / (("plain" if without else f"dataset-{library.name}") + ("-2x" if args.filter_prob else ""))
+        root = out / (("plain" if without else f"dataset-{library.name}") + suffix)
         t = time.perf_counter()
-        write_dataset(backend, library, root, drawn, without_tokens=without, sampling=SAMPLING,
-                      model="world", batch=64)
-        generated[name] = load_folder(root, drawn)
-        if args.filter_prob:
-            generated[name] = guide_filtered(*generated[name], args.generated_per_class, args.filter_prob)
+        summary = write_dataset(backend, library, root, wanted, without_tokens=without, sampling=SAMPLING,
+                                model="world", batch=64, keep=keep)
+        generated[name] = load_folder(root, wanted)
+        for folder, (kept, drawn) in summary.kept.items():
+            log(f"{name} {folder}: {kept} kept of {drawn} drawn")
         log(f"{name}: {len(generated[name][1])} generated images ({time.perf_counter() - t:.0f} s)")
     sets = generated_sets(generated)
     per_class_test = -(-args.test_images // len(LABELS))

@@ -14,7 +14,7 @@ from PIL import Image
 from dct_core.cli import main
 from dct_core.formats.files import TEMP_SUFFIX
 from dct_core.formats.tokens import ClassToken, save_class_token
-from dct_core.jobs import dataset, dataset_folder
+from dct_core.jobs import dataset, dataset_filter, dataset_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATES = ["a photo of a {token} {label}", "a {token} {label}"]
@@ -132,24 +132,6 @@ def test_bad_inputs_are_one_line_errors(library, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert run_dataset(_argv(library, tmp_path / "x", 1, "--prompt-template", "a {label}")) == 2
     assert "{token}" in capsys.readouterr().err
-
-
-def test_torchrun_split_gives_the_same_tree(library, tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    env.pop("RANK", None)
-    split, single = tmp_path / "split", tmp_path / "single"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-           "dct_core", "dataset", *_argv(library, split, 2)]
-    done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stderr[-3000:]
-    # rank r takes units r::2: one class each
-    assert "[rank 0] red-throated-warbler: wrote 2" in done.stderr and "[rank 1] toy-kite: wrote 2" in done.stderr
-    assert done.stdout.count("4 images of 2 classes") == 1  # only rank 0 reports
-    assert run_dataset(_argv(library, single, 2)) == 0
-    assert _pngs(split) == _pngs(single)
-    assert (split / "manifest.jsonl").read_bytes() == (single / "manifest.jsonl").read_bytes()
-    for name in _pngs(single):
-        assert _close((split / name).read_bytes(), (single / name).read_bytes()), name
 
 
 # Nothing lost, every bad input one line (issue 19).
@@ -384,3 +366,128 @@ def test_token_metadata_that_is_not_text_is_one_line(library, tmp_path, monkeypa
         _one_line_error(capsys, path, key)
     # a prompt template of the user's replaces the token's templates, however they are written
     assert run_dataset(_argv(tmp_path / "lib", tmp_path / "x", 1, "--prompt-template", "a {token} {label}")) == 0
+
+
+# --classifier C --min-prob P: only what a (second) classifier accepts, drawn on until N pass (issue 24, part 4).
+
+FILTER = ("--classifier", "world:held-out", "--min-prob", "0.5", "--max-draws", "40")
+
+
+@pytest.fixture(scope="module")
+def filtered(library, tmp_path_factory):
+    """One filtered dataset of 5 images per class (random tokens: about 1 in 7 images passes p >= 0.5)."""
+    out = tmp_path_factory.mktemp("filtered") / "ds"
+    assert run_dataset(_argv(library, out, 5, *FILTER)) == 0
+    return out
+
+
+def _records(out):
+    return {r["seed"]: r for f in sorted(out.rglob(".records-*.json")) for r in json.loads(f.read_text())
+            if r["folder"] == "toy-kite"}
+
+
+def test_filter_keeps_n_images_the_classifier_accepts(filtered):
+    rows = _manifest(filtered)
+    assert [sum(r["folder"] == c for r in rows) for c in ("red-throated-warbler", "toy-kite")] == [5, 5]
+    assert all(r["filter_prob"] >= 0.5 and r["filter"] == {"classifier": "world:held-out", "min_prob": 0.5}
+               for r in rows)
+    assert _pngs(filtered) == sorted(r["file"] for r in rows)  # the tree is the manifest: nothing dropped is there
+    for row in rows:
+        with Image.open(filtered / row["file"]) as im:
+            assert json.loads(im.info["dct:record"]) == row
+    # every seed drawn is recorded with its probability: the dropped ones fell below 0.5 (or came after the 5th)
+    records = _records(filtered)
+    assert len(records) > 5 and sorted(records) == list(range(dataset.FIRST_SEED, dataset.FIRST_SEED + len(records)))
+    kept = [s for s, r in records.items() if r["kept"]]
+    assert kept == sorted(r["seed"] for r in rows if r["folder"] == "toy-kite")
+    assert all(r["filter_prob"] < 0.5 for s, r in records.items() if not r["kept"] and s < max(kept))
+
+
+def test_filtered_rerun_draws_nothing_and_a_lost_image_comes_back(filtered, library, monkeypatch, capsys):
+    manifest = (filtered / "manifest.jsonl").read_bytes()
+
+    def no_drawing(*a, **k):
+        raise AssertionError("drawn again")
+
+    monkeypatch.setattr(dataset, "generate_images_for", no_drawing)
+    assert run_dataset(_argv(library, filtered, 5, *FILTER)) == 0
+    assert (filtered / "manifest.jsonl").read_bytes() == manifest
+    assert "toy-kite: 5 kept of" in capsys.readouterr().out
+    monkeypatch.undo()
+
+    lost = filtered / _manifest(filtered)[-1]["file"]
+    before = lost.read_bytes()
+    lost.unlink()
+    drawn = []
+    real = dataset.generate_images_for
+
+    def counting(backend, prompts, seeds, *a):
+        drawn.extend(seeds)
+        return real(backend, prompts, seeds, *a)
+
+    monkeypatch.setattr(dataset, "generate_images_for", counting)
+    assert run_dataset(_argv(library, filtered, 5, *FILTER)) == 0
+    assert drawn == [int(lost.stem)] and _close(lost.read_bytes(), before)
+    assert (filtered / "manifest.jsonl").read_bytes() == manifest
+
+    # another filter is not mixed into the same folder
+    assert run_dataset(_argv(library, filtered, 5, "--classifier", "world:held-out", "--min-prob", "0.6",
+                             "--max-draws", "40")) == 2
+    _one_line_error(capsys, "other settings (filter differ)")
+
+
+def test_filter_short_of_n_says_so(library, tmp_path, capsys):
+    out = tmp_path / "ds"
+    assert run_dataset(_argv(library, out, 3, "--classifier", "world:held-out", "--min-prob", "0.999",
+                             "--max-draws", "4")) == 0
+    printed = capsys.readouterr().out
+    assert "kept of 4 drawn" in printed and "SHORT of 3" in printed
+    assert len(_manifest(out)) == len(_pngs(out)) < 6
+
+
+@pytest.mark.parametrize("extra, words", [
+    (("--min-prob", "0.9"), "add --classifier"),
+    (("--classifier", "world:held-out"), "add --min-prob"),
+    (("--classifier", "world:held-out", "--min-prob", "1.5"), "between 0 and 1"),
+    (("--classifier", "world:held-out", "--min-prob", "0.9", "--max-draws", "1"), "below --images-per-class"),
+])
+def test_filter_bad_inputs_are_one_line_errors(library, tmp_path, capsys, extra, words):
+    assert run_dataset(_argv(library, tmp_path / "x", 2, *extra)) == 2
+    _one_line_error(capsys, words)
+    assert not (tmp_path / "x").exists()  # refused before anything is written
+
+
+def test_filter_classifier_without_the_class_is_one_line(tmp_path, capsys):
+    path = _one_token_library(tmp_path / "lib", class_label="zebra")
+    assert run_dataset(_argv(tmp_path / "lib", tmp_path / "x", 2, "--classifier", "world:held-out",
+                             "--min-prob", "0.5")) == 2
+    _one_line_error(capsys, path.name, "has no class 'zebra'")
+
+
+def test_torchrun_split_gives_the_same_tree(library, filtered, tmp_path):
+    """Two ranks, filtered (the passes: every rank plans the next one from the same records) = one process."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    env.pop("RANK", None)
+    split = tmp_path / "split"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+           "dct_core", "dataset", *_argv(library, split, 5, *FILTER)]
+    done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    # rank r takes units r::2: in the first pass one class each
+    assert "[rank 0] red-throated-warbler: drew 5" in done.stderr and "[rank 1] toy-kite: drew 5" in done.stderr
+    assert done.stdout.count("10 images of 2 classes") == 1  # only rank 0 reports
+    assert _pngs(split) == _pngs(filtered)
+    assert (split / "manifest.jsonl").read_bytes() == (filtered / "manifest.jsonl").read_bytes()
+    for name in _pngs(filtered):
+        assert _close((split / name).read_bytes(), (filtered / name).read_bytes()), name
+
+
+def test_next_units_draws_at_the_pass_rate_seen():
+    counts = [16, 16, 16, 16, 16]
+    assert dataset_filter.next_units(counts, [], 16) == [0]
+    assert dataset_filter.next_units(counts, [[True] * 4 + [False] * 12], 16) == [1, 2, 3]  # 25%: 48 more seeds
+    assert dataset_filter.next_units(counts, [[False] * 16], 16) == [1, 2, 3, 4]  # nothing passed: all there is
+    assert dataset_filter.next_units(counts, [[True] * 16], 16) == []
+    assert dataset_filter.next_units(counts, [[False] * 16] * 5, 16) == []  # used up
+    chosen, beyond = dataset_filter.trim([[{"kept": True}, {"kept": False}], [{"kept": True}, {"kept": True}]], 2)
+    assert len(chosen) == 2 and beyond == [(1, 1)]

@@ -32,8 +32,39 @@ def add_parser(sub) -> None:
     p.add_argument("--without-tokens", action="store_true",
                    help="the same prompts without the class token (the plain-prompt baseline, same seeds)")
     p.add_argument("--seed", type=int, default=FIRST_SEED, help=f"first seed (default {FIRST_SEED})")
+    f = p.add_argument_group("filter (keep only the images a classifier gives their class at least --min-prob)")
+    f.add_argument("--min-prob", type=float,
+                   help="keep an image only when --classifier gives its class at least this probability, and draw "
+                        "on until --images-per-class are kept (best with a classifier other than the one the tokens "
+                        "were trained against: it drops images that only fooled that one)")
+    f.add_argument("--max-draws", type=int,
+                   help="with --min-prob: seeds drawn per class at most (default 4 x --images-per-class)")
+    options.add_classifier(p, target=False, required=False, title="filter classifier (with --min-prob)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto; one GPU per rank)")
     p.add_argument("--dtype", default="auto", help="auto, fp32, fp16 or bf16 (auto: fp32 on CPU, bf16/fp16 on GPU)")
+
+
+def keep_filter(args):
+    """The --min-prob filter, checked before anything is drawn (None without --min-prob)."""
+    from ..errors import DCTError
+    from ..jobs.dataset_filter import KeepFilter
+    from .loading import classifier_name, load_classifier
+
+    if args.min_prob is None:
+        if args.classifiers or args.max_draws is not None:
+            raise DCTError("--classifier and --max-draws filter the images: add --min-prob (e.g. 0.9), or leave "
+                           "them out.")
+        return None
+    if not 0 < args.min_prob < 1:
+        raise DCTError(f"--min-prob must be a probability between 0 and 1 (exclusive), got {args.min_prob}.")
+    if not args.classifiers:
+        raise DCTError("--min-prob needs the classifier that judges the images: add --classifier (best another "
+                       "than the one the tokens were trained against).")
+    max_draws = 4 * args.images_per_class if args.max_draws is None else args.max_draws
+    if max_draws < args.images_per_class:
+        raise DCTError(f"--max-draws {max_draws} is below --images-per-class {args.images_per_class}: at least as "
+                       "many seeds must be drawn as images kept.")
+    return KeepFilter(load_classifier(args), args.min_prob, max_draws, classifier_name(args))
 
 
 def run(args) -> int:
@@ -42,6 +73,7 @@ def run(args) -> int:
     from ..jobs.distributed import process_group
     from ..registry import named_model
 
+    keep = keep_filter(args)
     with process_group() as ranks:
         device = ranks.device() if args.device == "auto" else resolve_device(args.device)
         backend = load_backend(args, device)
@@ -55,8 +87,12 @@ def run(args) -> int:
 
         summary = write_dataset(backend, args.library, args.out, args.images_per_class, args.prompt_template,
                                 args.without_tokens, args.seed, ranks, sampling=sampling, model=args.model,
-                                allow_foreign=args.allow_foreign_files, log=log)
+                                allow_foreign=args.allow_foreign_files, keep=keep, log=log)
     if ranks.is_main:
         print(f"{summary.images} images of {summary.classes} classes in {summary.out_dir} (this process wrote "
               f"{summary.written}, found {summary.skipped} already there); manifest: {summary.manifest}")
+        for folder, (kept, drawn) in summary.kept.items():
+            short = kept < args.images_per_class
+            print(f"{folder}: {kept} kept of {drawn} drawn ({100 * kept / max(drawn, 1):.0f}% pass)"
+                  + (f"; SHORT of {args.images_per_class}: lower --min-prob or raise --max-draws" if short else ""))
     return 0

@@ -130,8 +130,9 @@ def add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-kind", choices=["sd1", "sd2", "sd2-v", "sdxl"], help="family of a single-file checkpoint")
 
 
-def add_classifier(p: argparse.ArgumentParser, *, target: bool = True, many: bool = True, required: bool = True):
-    c = p.add_argument_group("classifier" if required else "classifier (for --adaptive)")
+def add_classifier(p: argparse.ArgumentParser, *, target: bool = True, many: bool = True, required: bool = True,
+                   title: str | None = None):
+    c = p.add_argument_group(title or ("classifier" if required else "classifier (for --adaptive)"))
     if many:
         c.add_argument("--classifier", action="append", required=required, dest="classifiers",
                        help="timm:<name>[@weights], a timm/transformers folder, a TorchScript file or clip:<folder>; "

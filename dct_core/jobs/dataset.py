@@ -16,15 +16,19 @@ For every token file in a library folder (``dct library``'s ``<class>.safetensor
   overwritten nor adopted as an image (see ``dataset_folder``). Damaged records are rewritten; every bad input
   (library, token metadata, state files) is a one-line error naming the file.
 - Parallel like ``dct library``: under ``torchrun`` each rank takes every world_size-th unit, and rank 0
-  writes the manifest after a barrier.
+  writes the manifest once the ranks agree that every unit is done.
+- Filtered (``--classifier C --min-prob P``, ``dataset_filter``): only the images C gives their class >= P are
+  written, drawing on in passes until images_per_class pass (or ``--max-draws`` seeds); each unit's record lists
+  every seed with its probability and whether it was kept, so a rerun never draws a dropped seed again.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -36,6 +40,7 @@ from ..formats.tokens import TOKEN_SUFFIXES, ClassToken, load_class_token, sanit
 from ..method.backend import Backend
 from ..method.prompts import check_templates, fill_label, strip_token
 from ..settings import check
+from .dataset_filter import KEPT, PROB, KeepFilter, class_units, manifest_row, next_units, planned, trim
 from .dataset_folder import (
     MANIFEST,
     RECORD_PREFIX,
@@ -49,7 +54,7 @@ from .dataset_folder import (
     read_records,
     write_marker,
 )
-from .distributed import Ranks, barrier, ranks_from_env
+from .distributed import Ranks, all_ok, ranks_from_env
 
 FIRST_SEED = 300_000  # far from the seeds tokens train on (0, 1, ...) and from the world's evaluation seeds
 CHUNK = 16  # seeds per unit of work (and per record file)
@@ -80,6 +85,8 @@ class DatasetSummary:
     written: int  # PNGs this rank wrote
     skipped: int  # PNGs this rank found complete
     manifest: Path | None  # written (or found up to date) by rank 0
+    kept: dict[str, tuple[int, int]] = field(default_factory=dict)  # with a filter (rank 0): per class folder,
+    # (images kept, seeds drawn)
 
 
 def library_tokens(library_dir: str | Path) -> list[Path]:
@@ -169,10 +176,9 @@ def _class_index(meta: dict, path: Path) -> int | None:
                    "retrain it with 'dct library' or take it out of the library folder.")
 
 
-def _units(plans: Sequence[ClassPlan], images_per_class: int) -> list[tuple[int, int, int]]:
-    """(class position, first image index, image count) per unit, in a fixed order."""
-    return [(c, start, min(CHUNK, images_per_class - start))
-            for c in range(len(plans)) for start in range(0, images_per_class, CHUNK)]
+def _class_units(images_per_class: int, keep: KeepFilter | None) -> list[tuple[int, int]]:
+    """(first image index, count) of each unit of one class, in order (the same for every class)."""
+    return class_units(images_per_class, keep.max_draws if keep else images_per_class, CHUNK)
 
 
 def _record_path(out: Path, plan: ClassPlan, seed0: int, start: int, count: int) -> Path:
@@ -214,9 +220,11 @@ def write_dataset(
     model: str = "",
     batch: int = 8,
     allow_foreign: bool = False,
+    keep: KeepFilter | None = None,
     log=None,
 ) -> DatasetSummary:
-    """Write this rank's share of the dataset, then (rank 0, after a barrier) the manifest. See the module doc.
+    """Write this rank's share of the dataset, then (rank 0, after the ranks agree) the manifest. See the module
+    doc; ``keep``: draw on until images_per_class images per class pass the filter (dataset_filter).
 
     ``allow_foreign``: write into a folder that holds files we did not write (never over them).
     """
@@ -226,68 +234,123 @@ def write_dataset(
     sampling.validate()
     out = Path(out_dir)
     plans = plan_classes(library_dir, prompt_template, without_tokens)
-    units = _units(plans, images_per_class)
+    indices = [keep.class_index(p.label, p.token_file.name) for p in plans] if keep else []
+    sequence = _class_units(images_per_class, keep)
+    counts = [count for _, count in sequence]
     settings = _sampling_record(sampling, getattr(backend, "sampler", ""))
+    drawn: list[list[list[bool]]] = [[] for _ in plans]  # per class: the kept flags of each unit drawn this run
+    written = skipped = 0
+    if keep is not None:
+        keep.classifier.to(backend.device)
+    while True:
+        units = [(c, u) for c in range(len(plans)) for u in next_units(counts, drawn[c], images_per_class)]
+        if not units:
+            break
+        failure: BaseException | None = None
+        try:
+            w, s = _draw_units(backend, out, plans, ranks.share(units), sequence, seed0, without_tokens,
+                               settings, sampling, model, batch, allow_foreign, keep, indices, log)
+            written, skipped = written + w, skipped + s
+        except BaseException as exc:  # still meet the other ranks, so that none waits forever
+            failure = exc
+        everyone = all_ok(failure is None)
+        if failure is not None:
+            raise failure
+        if not everyone:
+            raise DCTError("another rank failed (its message says why); run the same command again to finish.")
+        for c, u in units:  # every rank reads the same records: the next pass is the same plan everywhere
+            start, count = sequence[u]
+            records = read_records(_record_path(out, plans[c], seed0, start, count)) or []
+            drawn[c].append([bool(r.get(KEPT, True)) for r in records])
+    manifest: Path | None = None
+    kept: dict[str, tuple[int, int]] = {}
+    if ranks.is_main:
+        manifest, kept = _write_manifest(out, plans, sequence, [len(d) for d in drawn], seed0, images_per_class,
+                                         (sampling.resolution, sampling.resolution))
+    total = sum(k for k, _ in kept.values()) if kept else len(plans) * images_per_class
+    return DatasetSummary(out, len(plans), total, written, skipped, manifest, kept if keep else {})
+
+
+def _draw_units(backend, out, plans, share, sequence, seed0, without_tokens, settings, sampling, model, batch,
+                allow_foreign, keep, indices, log) -> tuple[int, int]:
+    """Draw this rank's units of one pass; everything this rank can check is checked before it writes anything
+    (every rank finds the same errors). Returns (written, found complete)."""
     size = (sampling.resolution, sampling.resolution)
     written = skipped = 0
-    failure: BaseException | None = None
-    try:
-        # Everything this rank can check is checked before it writes anything (every rank finds the same errors).
-        check_out_folder(out, allow_foreign)
-        check_manifest_target(out / MANIFEST)
-        work = []
-        for c, start, count in ranks.share(units):
-            plan = plans[c]
-            seeds = [seed0 + start + i for i in range(count)]
-            prompts = [plan.prompt(start + i, without_tokens) for i in range(count)]
-            records = [{
-                "class": plan.label, "class_index": plan.class_index, "folder": plan.folder,
-                "file": f"{plan.folder}/{seed}.png", "seed": seed, "prompt": prompt,
-                "with_token": not without_tokens, "token_file": plan.token_file.name, "model": model,
-                "sampling": settings,
-            } for seed, prompt in zip(seeds, prompts)]
-            paths = [out / plan.folder / f"{seed}.png" for seed in seeds]
-            record_path = _record_path(out, plan, seed0, start, count)
-            todo = _unit_todo(out / plan.folder, record_path, records, paths, size)
-            skipped += count - len(todo)
-            work.append((plan, seeds, prompts, records, paths, record_path, todo))
-        write_marker(out)
-        for plan, seeds, prompts, records, paths, record_path, todo in work:
-            if todo:
-                vectors = None
-                if not without_tokens:
-                    vectors = {k: v.to(backend.device)
-                               for k, v in plan.token.for_encoders(backend.encoders).items()}
-                images = generate_images_for(backend, [prompts[i] for i in todo], [seeds[i] for i in todo],
-                                             sampling, vectors, batch)
-                for i, image in zip(todo, images):
-                    atomic_write(paths[i], _png_bytes(image, records[i]))
-                    written += 1
-                if log is not None:
-                    log(f"{plan.folder}: wrote {len(todo)} image(s), seeds {seeds[0]}-{seeds[-1]}")
-            _write_if_changed(record_path, json.dumps(records).encode())
-    except BaseException as exc:  # still meet the other ranks at the barrier, so none waits forever
-        failure = exc
-    barrier()
-    if failure is not None:
-        raise failure
-    manifest = None
-    if ranks.is_main:
-        manifest = _write_manifest(out, plans, units, seed0)
-    return DatasetSummary(out, len(plans), len(plans) * images_per_class, written, skipped, manifest)
+    check_out_folder(out, allow_foreign)
+    check_manifest_target(out / MANIFEST)
+    work = []
+    for c, u in share:
+        plan = plans[c]
+        start, count = sequence[u]
+        seeds = [seed0 + start + i for i in range(count)]
+        prompts = [plan.prompt(start + i, without_tokens) for i in range(count)]
+        records = [{
+            "class": plan.label, "class_index": plan.class_index, "folder": plan.folder,
+            "file": f"{plan.folder}/{seed}.png", "seed": seed, "prompt": prompt,
+            "with_token": not without_tokens, "token_file": plan.token_file.name, "model": model,
+            "sampling": settings, **({"filter": keep.settings()} if keep else {}),
+        } for seed, prompt in zip(seeds, prompts)]
+        paths = [out / plan.folder / f"{seed}.png" for seed in seeds]
+        record_path = _record_path(out, plan, seed0, start, count)
+        old = read_records(record_path) if keep else None
+        if old is not None:
+            _check_same_settings(record_path, [planned(r) for r in old], records)
+            records = old  # with each image's outcome
+        todo = _unit_todo(out / plan.folder, record_path, records, paths, size, keep is not None)
+        skipped += sum(1 for i, r in enumerate(records) if i not in todo and r.get(KEPT, True))
+        work.append((c, plan, seeds, prompts, records, paths, record_path, todo))
+    write_marker(out)
+    for c, plan, seeds, prompts, records, paths, record_path, todo in work:
+        if todo:
+            vectors = None
+            if not without_tokens:
+                vectors = {k: v.to(backend.device) for k, v in plan.token.for_encoders(backend.encoders).items()}
+            images = generate_images_for(backend, [prompts[i] for i in todo], [seeds[i] for i in todo],
+                                         sampling, vectors, batch)
+            probs = keep.probs(images, indices[c]) if keep else [None] * len(todo)
+            for i, image, prob in zip(todo, images, probs):
+                if prob is not None:
+                    records[i] = {**planned(records[i]), PROB: round(prob, 6), KEPT: prob >= keep.min_prob}
+                    if not records[i][KEPT]:
+                        _remove_ours(paths[i], size)
+                        continue
+                atomic_write(paths[i], _png_bytes(image, manifest_row(records[i])))
+                written += 1
+            if log is not None:
+                what = f"drew {len(todo)}, kept {sum(records[i][KEPT] for i in todo)}" if keep else \
+                    f"wrote {len(todo)} image(s)"
+                log(f"{plan.folder}: {what}, seeds {seeds[0]}-{seeds[-1]}")
+        _write_if_changed(record_path, json.dumps(records).encode())
+    return written, skipped
+
+
+def _remove_ours(path: Path, size: tuple[int, int]) -> None:
+    """An image we drew that is not (or no longer) in the dataset: removed; anything else there is left alone."""
+    if os.path.lexists(path) and path.is_file() and find_image(path, {}, size) is Found.OURS_OTHER:
+        path.unlink()
 
 
 def _unit_todo(folder: Path, record_path: Path, records: list[dict], paths: list[Path],
-               size: tuple[int, int]) -> list[int]:
-    """The images of a unit to draw; a file in an image's place that is not ours stops the run (reads only)."""
+               size: tuple[int, int], filtered: bool = False) -> list[int]:
+    """The images of a unit to draw; a file in an image's place that is not ours stops the run (reads only).
+    ``filtered``: ``records`` carry each image's outcome when the unit was drawn before (their ``kept`` key); an
+    image the filter dropped is not drawn again, one never scored is."""
     check_class_folder(folder)
-    old = read_records(record_path)
-    if old is not None:
-        _check_same_settings(record_path, old, records)
-    listed = old is not None  # the unit was finished with these settings: its files are ours
+    if filtered:
+        listed = KEPT in records[0]
+    else:
+        old = read_records(record_path)
+        if old is not None:
+            _check_same_settings(record_path, old, records)
+        listed = old is not None  # the unit was finished with these settings: its files are ours
     todo = []
     for i, (record, path) in enumerate(zip(records, paths)):
-        found = find_image(path, record, size)
+        if filtered and listed and not record[KEPT]:
+            continue
+        found = find_image(path, manifest_row(record), size)
+        if filtered and not listed and found is Found.OURS:
+            found = Found.OURS_OTHER  # drawn, but its outcome was never recorded: drawn and scored again
         if found is Found.OURS or (found is Found.PLAIN and listed):  # PLAIN: drawn before images had our chunk
             continue
         if found in (Found.NOTHING, Found.OURS_OTHER) or listed:
@@ -322,20 +385,39 @@ def _write_if_changed(path: Path, data: bytes) -> bool:
     return True
 
 
-def _write_manifest(out: Path, plans: Sequence[ClassPlan], units, seed0: int) -> Path:
+def _write_manifest(out: Path, plans: Sequence[ClassPlan], sequence, drawn_units: list[int], seed0: int,
+                    images_per_class: int, size: tuple[int, int]) -> tuple[Path, dict[str, tuple[int, int]]]:
+    """The manifest from the unit records, in class and seed order; with a filter, each class's first
+    images_per_class kept images (kept images beyond them are removed and marked so). Returns the manifest and
+    per class folder (kept, seeds drawn)."""
     lines = []
     missing = []
-    for c, start, count in units:
-        path = _record_path(out, plans[c], seed0, start, count)
-        records = read_records(path)
-        if records is None:
-            missing.append(path)
-            continue
-        lines += [json.dumps(r, sort_keys=True) for r in records]
+    kept = {}
+    for c, plan in enumerate(plans):
+        units = []
+        for start, count in sequence[:drawn_units[c]]:
+            path = _record_path(out, plan, seed0, start, count)
+            records = read_records(path)
+            if records is None:
+                missing.append(path)
+                records = []
+            units.append((path, records))
+        chosen, beyond = trim([records for _, records in units], images_per_class)
+        for u, i in beyond:
+            path, records = units[u]
+            records[i] = {**records[i], KEPT: False}
+        for u in sorted({u for u, _ in beyond}):
+            path, records = units[u]
+            _write_if_changed(path, json.dumps(records).encode())
+            for record in records:
+                if not record.get(KEPT, True):
+                    _remove_ours(out / record["file"], size)
+        lines += [json.dumps(manifest_row(r), sort_keys=True) for r in chosen]
+        kept[plan.folder] = (len(chosen), sum(len(records) for _, records in units))
     if missing:
         raise DCTError(f"{len(missing)} part(s) of the dataset are unfinished (e.g. {missing[0]}); run again to "
                        "finish them.")
     manifest = out / MANIFEST
     check_manifest_target(manifest)
-    _write_if_changed(manifest, ("\n".join(lines) + "\n").encode())
-    return manifest
+    _write_if_changed(manifest, "".join(line + "\n" for line in lines).encode())  # empty: nothing passed
+    return manifest, kept

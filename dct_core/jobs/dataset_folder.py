@@ -154,9 +154,17 @@ def check_manifest_target(path: Path) -> None:
     """The manifest may be (re)written: nothing there, or a manifest we wrote."""
     if path.is_dir():
         raise DCTError(f"{path} is a folder where dct dataset writes its manifest; move it away and run again.")
-    if os.path.lexists(path) and not is_our_manifest(path):
+    if os.path.lexists(path) and not is_our_manifest(path) and not _empty_file(path):
         raise DCTError(f"{path} is not a manifest dct dataset wrote (lines of JSON records); move it away (dct "
                        "dataset writes its manifest there) and run again.")
+
+
+def _empty_file(path: Path) -> bool:
+    """Nothing to lose (a filtered dataset where no image passed writes an empty manifest)."""
+    try:
+        return path.is_file() and path.stat().st_size == 0
+    except OSError:
+        return False
 
 
 def check_class_folder(folder: Path) -> None:

@@ -68,3 +68,14 @@ def barrier() -> None:
     """Wait for every rank (nothing to wait for in a single process)."""
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def all_ok(ok: bool) -> bool:
+    """A barrier that also tells whether every rank got through: a rank that failed must not leave the others
+    waiting at the next barrier (work in passes, as a filtered ``dct dataset``). One process: ``ok``."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return ok
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    flag = torch.tensor([1 if ok else 0], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
