@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -395,12 +396,12 @@ def test_filter_keeps_n_images_the_classifier_accepts(filtered):
     for row in rows:
         with Image.open(filtered / row["file"]) as im:
             assert json.loads(im.info["dct:record"]) == row
-    # every seed drawn is recorded with its probability: the dropped ones fell below 0.5 (or came after the 5th)
+    # every seed drawn is recorded with its probability and whether it passed; the dataset is the first 5 passing
     records = _records(filtered)
     assert len(records) > 5 and sorted(records) == list(range(dataset.FIRST_SEED, dataset.FIRST_SEED + len(records)))
-    kept = [s for s, r in records.items() if r["kept"]]
-    assert kept == sorted(r["seed"] for r in rows if r["folder"] == "toy-kite")
-    assert all(r["filter_prob"] < 0.5 for s, r in records.items() if not r["kept"] and s < max(kept))
+    assert all(r["kept"] == (r["filter_prob"] >= 0.5) for r in records.values())
+    passed = sorted(s for s, r in records.items() if r["kept"])
+    assert passed[:5] == sorted(r["seed"] for r in rows if r["folder"] == "toy-kite")
 
 
 def test_filtered_rerun_draws_nothing_and_a_lost_image_comes_back(filtered, library, monkeypatch, capsys):
@@ -434,6 +435,42 @@ def test_filtered_rerun_draws_nothing_and_a_lost_image_comes_back(filtered, libr
     assert run_dataset(_argv(library, filtered, 5, "--classifier", "world:held-out", "--min-prob", "0.6",
                              "--max-draws", "40")) == 2
     _one_line_error(capsys, "other settings (filter differ)")
+
+
+def test_filter_a_larger_count_reuses_what_passed_and_damage_is_redrawn(library, filtered, tmp_path, monkeypatch):
+    out = tmp_path / "ds"
+    shutil.copytree(filtered, out)
+    records = _records(out)
+    kept = [s for s, r in records.items() if r["kept"]]
+    in_manifest = {r["seed"] for r in _manifest(out) if r["folder"] == "toy-kite"}
+    surplus = [s for s in kept if s not in in_manifest]  # passed, beyond the 5: removed, still recorded
+    assert all(not (out / "toy-kite" / f"{s}.png").exists() for s in surplus)
+    # a surplus image left behind (a kill while they were removed) goes on the next run
+    if surplus:
+        shutil.copy(out / "toy-kite" / f"{max(in_manifest)}.png", out / "toy-kite" / f"{surplus[0]}.png")
+    assert run_dataset(_argv(library, out, 5, *FILTER)) == 0
+    assert _pngs(out) == sorted(r["file"] for r in _manifest(out))
+    # a hand-damaged record (an entry without its outcome) is drawn and scored again, not a crash
+    record = next(out.glob("toy-kite/.records-*-16.json"))
+    damaged = json.loads(record.read_text())
+    del damaged[-1]["kept"]
+    record.write_text(json.dumps(damaged))
+    assert run_dataset(_argv(library, out, 5, *FILTER)) == 0
+    assert json.loads(record.read_text())[-1]["kept"] in (True, False)
+
+    drawn = []
+    real = dataset.generate_images_for
+
+    def counting(backend, prompts, seeds, *a):
+        drawn.extend(seeds)
+        return real(backend, prompts, seeds, *a)
+
+    monkeypatch.setattr(dataset, "generate_images_for", counting)
+    bigger = len(kept) + 1
+    assert run_dataset(_argv(library, out, bigger, *FILTER)) == 0
+    rows = [r for r in _manifest(out) if r["folder"] == "toy-kite"]
+    assert len(rows) == bigger and set(kept) <= {r["seed"] for r in rows}
+    assert not set(drawn) & {s for s, r in records.items() if not r["kept"]}  # dropped seeds are never redrawn
 
 
 def test_filter_short_of_n_says_so(library, tmp_path, capsys):
@@ -474,10 +511,12 @@ def test_torchrun_split_gives_the_same_tree(library, filtered, tmp_path):
     done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     # rank r takes units r::2: in the first pass one class each
-    assert "[rank 0] red-throated-warbler: drew 5" in done.stderr and "[rank 1] toy-kite: drew 5" in done.stderr
+    assert "[rank 0] red-throated-warbler: drew 16" in done.stderr and "[rank 1] toy-kite: drew 16" in done.stderr
     assert done.stdout.count("10 images of 2 classes") == 1  # only rank 0 reports
     assert _pngs(split) == _pngs(filtered)
-    assert (split / "manifest.jsonl").read_bytes() == (filtered / "manifest.jsonl").read_bytes()
+    split_rows, rows = _manifest(split), _manifest(filtered)  # probabilities agree to float noise across processes
+    assert [{**r, "filter_prob": None} for r in split_rows] == [{**r, "filter_prob": None} for r in rows]
+    assert all(abs(a["filter_prob"] - b["filter_prob"]) < 1e-4 for a, b in zip(split_rows, rows))
     for name in _pngs(filtered):
         assert _close((split / name).read_bytes(), (filtered / name).read_bytes()), name
 

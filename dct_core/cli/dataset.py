@@ -64,7 +64,14 @@ def keep_filter(args):
     if max_draws < args.images_per_class:
         raise DCTError(f"--max-draws {max_draws} is below --images-per-class {args.images_per_class}: at least as "
                        "many seeds must be drawn as images kept.")
-    return KeepFilter(load_classifier(args), args.min_prob, max_draws, classifier_name(args))
+    if max_draws > 100 * args.images_per_class:
+        raise DCTError(f"--max-draws {max_draws} is more than 100 x --images-per-class; a class that passes that "
+                       "rarely needs a lower --min-prob or another classifier.")
+    # What the records name the filter by: a rerun with other weights or labels is not mixed in.
+    name = classifier_name(args) + "".join(f" {flag}={value}" for flag, value in (
+        ("weights", args.classifier_weights), ("labels", args.labels), ("pooling", args.pooling),
+        ("clip_template", args.clip_template)) if value)
+    return KeepFilter(load_classifier(args), args.min_prob, max_draws, name)
 
 
 def run(args) -> int:

@@ -40,7 +40,7 @@ from ..formats.tokens import TOKEN_SUFFIXES, ClassToken, load_class_token, sanit
 from ..method.backend import Backend
 from ..method.prompts import check_templates, fill_label, strip_token
 from ..settings import check
-from .dataset_filter import KEPT, PROB, KeepFilter, class_units, manifest_row, next_units, planned, trim
+from .dataset_filter import KEPT, PROB, KeepFilter, class_units, manifest_row, next_units, planned, scored, trim
 from .dataset_folder import (
     MANIFEST,
     RECORD_PREFIX,
@@ -54,7 +54,7 @@ from .dataset_folder import (
     read_records,
     write_marker,
 )
-from .distributed import Ranks, all_ok, ranks_from_env
+from .distributed import Ranks, all_ok, gather_objects, ranks_from_env
 
 FIRST_SEED = 300_000  # far from the seeds tokens train on (0, 1, ...) and from the world's evaluation seeds
 CHUNK = 16  # seeds per unit of work (and per record file)
@@ -178,7 +178,7 @@ def _class_index(meta: dict, path: Path) -> int | None:
 
 def _class_units(images_per_class: int, keep: KeepFilter | None) -> list[tuple[int, int]]:
     """(first image index, count) of each unit of one class, in order (the same for every class)."""
-    return class_units(images_per_class, keep.max_draws if keep else images_per_class, CHUNK)
+    return class_units(images_per_class, keep.max_draws if keep else None, CHUNK)
 
 
 def _record_path(out: Path, plan: ClassPlan, seed0: int, start: int, count: int) -> Path:
@@ -247,9 +247,11 @@ def write_dataset(
         if not units:
             break
         failure: BaseException | None = None
+        flags: dict[tuple[int, int], list[bool]] = {}
         try:
             w, s = _draw_units(backend, out, plans, ranks.share(units), sequence, seed0, without_tokens,
-                               settings, sampling, model, batch, allow_foreign, keep, indices, log)
+                               settings, sampling, model, batch, allow_foreign, keep, indices, images_per_class,
+                               flags, log)
             written, skipped = written + w, skipped + s
         except BaseException as exc:  # still meet the other ranks, so that none waits forever
             failure = exc
@@ -258,10 +260,10 @@ def write_dataset(
             raise failure
         if not everyone:
             raise DCTError("another rank failed (its message says why); run the same command again to finish.")
-        for c, u in units:  # every rank reads the same records: the next pass is the same plan everywhere
-            start, count = sequence[u]
-            records = read_records(_record_path(out, plans[c], seed0, start, count)) or []
-            drawn[c].append([bool(r.get(KEPT, True)) for r in records])
+        for shared in gather_objects(flags):  # every rank plans the next pass from the same outcomes
+            flags.update(shared)
+        for c, u in units:
+            drawn[c].append(flags[(c, u)])
     manifest: Path | None = None
     kept: dict[str, tuple[int, int]] = {}
     if ranks.is_main:
@@ -272,9 +274,9 @@ def write_dataset(
 
 
 def _draw_units(backend, out, plans, share, sequence, seed0, without_tokens, settings, sampling, model, batch,
-                allow_foreign, keep, indices, log) -> tuple[int, int]:
+                allow_foreign, keep, indices, wanted, flags, log) -> tuple[int, int]:
     """Draw this rank's units of one pass; everything this rank can check is checked before it writes anything
-    (every rank finds the same errors). Returns (written, found complete)."""
+    (every rank finds the same errors). Returns (written, found complete); ``flags`` gets each unit's kept flags."""
     size = (sampling.resolution, sampling.resolution)
     written = skipped = 0
     check_out_folder(out, allow_foreign)
@@ -294,14 +296,15 @@ def _draw_units(backend, out, plans, share, sequence, seed0, without_tokens, set
         paths = [out / plan.folder / f"{seed}.png" for seed in seeds]
         record_path = _record_path(out, plan, seed0, start, count)
         old = read_records(record_path) if keep else None
-        if old is not None:
+        if old is not None and scored(old):
             _check_same_settings(record_path, [planned(r) for r in old], records)
             records = old  # with each image's outcome
-        todo = _unit_todo(out / plan.folder, record_path, records, paths, size, keep is not None)
+        surplus = _surplus(out, plan, sequence, seed0, wanted) if keep else set()
+        todo = _unit_todo(out / plan.folder, record_path, records, paths, size, keep is not None, surplus)
         skipped += sum(1 for i, r in enumerate(records) if i not in todo and r.get(KEPT, True))
-        work.append((c, plan, seeds, prompts, records, paths, record_path, todo))
+        work.append((c, u, plan, seeds, prompts, records, paths, record_path, todo))
     write_marker(out)
-    for c, plan, seeds, prompts, records, paths, record_path, todo in work:
+    for c, u, plan, seeds, prompts, records, paths, record_path, todo in work:
         if todo:
             vectors = None
             if not without_tokens:
@@ -322,7 +325,22 @@ def _draw_units(backend, out, plans, share, sequence, seed0, without_tokens, set
                     f"wrote {len(todo)} image(s)"
                 log(f"{plan.folder}: {what}, seeds {seeds[0]}-{seeds[-1]}")
         _write_if_changed(record_path, json.dumps(records).encode())
+        flags[(c, u)] = [bool(r.get(KEPT, True)) for r in records]
     return written, skipped
+
+
+def _surplus(out: Path, plan: ClassPlan, sequence, seed0: int, wanted: int) -> set[int]:
+    """Seeds of kept images beyond the class's first ``wanted`` (by the records on disk, in unit order, up to the
+    first unit without scored records): not drawn again, and removed when the manifest is written. Empty while
+    the class has fewer than ``wanted`` kept so far."""
+    units = []
+    for start, count in sequence:
+        records = read_records(_record_path(out, plan, seed0, start, count))
+        if records is None or not scored(records):
+            break
+        units.append(records)
+    chosen, beyond = trim(units, wanted)
+    return {units[u][i]["seed"] for u, i in beyond} if len(chosen) == wanted else set()
 
 
 def _remove_ours(path: Path, size: tuple[int, int]) -> None:
@@ -332,13 +350,14 @@ def _remove_ours(path: Path, size: tuple[int, int]) -> None:
 
 
 def _unit_todo(folder: Path, record_path: Path, records: list[dict], paths: list[Path],
-               size: tuple[int, int], filtered: bool = False) -> list[int]:
+               size: tuple[int, int], filtered: bool = False, surplus: set[int] | None = None) -> list[int]:
     """The images of a unit to draw; a file in an image's place that is not ours stops the run (reads only).
     ``filtered``: ``records`` carry each image's outcome when the unit was drawn before (their ``kept`` key); an
-    image the filter dropped is not drawn again, one never scored is."""
+    image the filter dropped is not drawn again, nor one kept beyond the class's count (``surplus``), one never
+    scored is."""
     check_class_folder(folder)
     if filtered:
-        listed = KEPT in records[0]
+        listed = scored(records)
     else:
         old = read_records(record_path)
         if old is not None:
@@ -346,7 +365,7 @@ def _unit_todo(folder: Path, record_path: Path, records: list[dict], paths: list
         listed = old is not None  # the unit was finished with these settings: its files are ours
     todo = []
     for i, (record, path) in enumerate(zip(records, paths)):
-        if filtered and listed and not record[KEPT]:
+        if filtered and listed and (not record[KEPT] or record["seed"] in (surplus or ())):
             continue
         found = find_image(path, manifest_row(record), size)
         if filtered and not listed and found is Found.OURS:
@@ -370,7 +389,8 @@ def generate_images_for(backend: Backend, prompts: list[str], seeds: list[int], 
 def _check_same_settings(record_path: Path, old: list[dict], records: list[dict]) -> None:
     """A unit already drawn with other settings (prompt, token or not, sampling, model) is not mixed in."""
     if old != records:
-        changed = sorted({k for a, b in zip(old, records) for k in a if a.get(k) != b.get(k)}) or ["the count"]
+        changed = sorted({k for a, b in zip(old, records) for k in {*a, *b} if a.get(k) != b.get(k)}) \
+            or ["the count"]
         raise DCTError(f"{record_path.parent} was drawn with other settings ({', '.join(changed)} differ); "
                        "use another --out, or remove that folder to draw it again.")
 
@@ -388,11 +408,11 @@ def _write_if_changed(path: Path, data: bytes) -> bool:
 def _write_manifest(out: Path, plans: Sequence[ClassPlan], sequence, drawn_units: list[int], seed0: int,
                     images_per_class: int, size: tuple[int, int]) -> tuple[Path, dict[str, tuple[int, int]]]:
     """The manifest from the unit records, in class and seed order; with a filter, each class's first
-    images_per_class kept images (kept images beyond them are removed and marked so). Returns the manifest and
-    per class folder (kept, seeds drawn)."""
-    lines = []
+    images_per_class kept images (the images of every other record are removed: dropped, or kept beyond the
+    count; records keep saying which passed, so a larger count later reuses them). Returns the manifest and per
+    class folder (kept, seeds drawn)."""
+    drawn = []
     missing = []
-    kept = {}
     for c, plan in enumerate(plans):
         units = []
         for start, count in sequence[:drawn_units[c]]:
@@ -400,23 +420,22 @@ def _write_manifest(out: Path, plans: Sequence[ClassPlan], sequence, drawn_units
             records = read_records(path)
             if records is None:
                 missing.append(path)
-                records = []
-            units.append((path, records))
-        chosen, beyond = trim([records for _, records in units], images_per_class)
-        for u, i in beyond:
-            path, records = units[u]
-            records[i] = {**records[i], KEPT: False}
-        for u in sorted({u for u, _ in beyond}):
-            path, records = units[u]
-            _write_if_changed(path, json.dumps(records).encode())
-            for record in records:
-                if not record.get(KEPT, True):
-                    _remove_ours(out / record["file"], size)
-        lines += [json.dumps(manifest_row(r), sort_keys=True) for r in chosen]
-        kept[plan.folder] = (len(chosen), sum(len(records) for _, records in units))
-    if missing:
+            units.append(records or [])
+        drawn.append(units)
+    if missing:  # before anything is removed
         raise DCTError(f"{len(missing)} part(s) of the dataset are unfinished (e.g. {missing[0]}); run again to "
                        "finish them.")
+    lines = []
+    kept = {}
+    for plan, units in zip(plans, drawn):
+        chosen, _ = trim(units, images_per_class)
+        files = {r["file"] for r in chosen}
+        for records in units:
+            for record in records:
+                if record["file"] not in files:
+                    _remove_ours(out / record["file"], size)
+        lines += [json.dumps(manifest_row(r), sort_keys=True) for r in chosen]
+        kept[plan.folder] = (len(chosen), sum(len(records) for records in units))
     manifest = out / MANIFEST
     check_manifest_target(manifest)
     _write_if_changed(manifest, "".join(line + "\n" for line in lines).encode())  # empty: nothing passed

@@ -4,12 +4,13 @@ Why: a token can draw hybrids its guide accepts and another classifier does not 
 bench/results/augmentation-2026-12-06.md); labelled as the class, they teach a classifier trained on the set the
 wrong shapes. A second judge (a classifier other than the one the tokens were trained against) drops them.
 
-How it stays resumable and split over ranks: each class's seeds are cut into a fixed sequence of units (the first
-images_per_class seeds exactly as without a filter, then further units up to ``max_draws`` seeds). The run goes in
+How it stays resumable and split over ranks: each class's seeds are cut into a fixed sequence of units (chunks of
+seeds up to ``max_draws``). The run goes in
 passes; after each pass every rank reads the records of the units drawn so far (each lists every seed, the
 probability and whether the image was kept) and the same rule (:func:`next_units`) picks the next units of the
 classes still short. Only kept images are written. At the end the first images_per_class kept images of each class
-(in seed order) are the dataset; kept images beyond that are removed and marked so in their records.
+(in seed order) are the dataset; kept images beyond that are removed (their records still say they passed, so a
+larger count later uses them).
 """
 
 from __future__ import annotations
@@ -54,12 +55,12 @@ class KeepFilter:
         return [float(p) for p in self.classifier.target_prob(logits.float(), index)]
 
 
-def class_units(images_per_class: int, max_draws: int, chunk: int) -> list[tuple[int, int]]:
-    """(first image index, count) of one class's units in order: the first images_per_class seeds in chunks (the
-    units of a dataset without a filter), then chunks up to max_draws."""
-    first = [(s, min(chunk, images_per_class - s)) for s in range(0, images_per_class, chunk)]
-    more = [(s, min(chunk, max_draws - s)) for s in range(images_per_class, max_draws, chunk)]
-    return first + more
+def class_units(images_per_class: int, max_draws: int | None, chunk: int) -> list[tuple[int, int]]:
+    """(first image index, count) of one class's units in order. Without a filter (``max_draws`` None): the
+    images_per_class seeds in chunks. With one: chunks up to max_draws, on the same boundaries whatever
+    images_per_class is, so a rerun with a larger count finds the records (and the dropped seeds) of the smaller."""
+    end = images_per_class if max_draws is None else max_draws
+    return [(s, min(chunk, end - s)) for s in range(0, end, chunk)]
 
 
 def next_units(counts: Sequence[int], drawn: Sequence[Sequence[bool]], wanted: int) -> list[int]:
@@ -96,6 +97,12 @@ def trim(records_by_unit: Sequence[list[dict]], wanted: int) -> tuple[list[dict]
             else:
                 beyond.append((u, i))
     return chosen, beyond
+
+
+def scored(records: Sequence[dict]) -> bool:
+    """Records that carry every image's outcome (else damaged, or drawn without a filter: drawn and scored again)."""
+    return bool(records) and all(isinstance(r.get(KEPT), bool) and isinstance(r.get(PROB), (int, float))
+                                 and not isinstance(r.get(PROB), bool) for r in records)
 
 
 def planned(record: dict) -> dict:
