@@ -18,7 +18,7 @@ import torch
 
 from dct_core.config import SamplingConfig
 from dct_core.errors import DCTError
-from dct_core.method.backend import Conditioning, Trajectory, Vectors, init_rows
+from dct_core.method.backend import Conditioning, NegativeCache, Trajectory, Vectors, init_rows
 from dct_core.method.host_weights import gradient_checkpointing, trainable_weights
 from dct_core.method.prompts import TOKEN_MARK
 
@@ -46,6 +46,7 @@ class WebuiBackend:
     def __init__(self, sd_model: Any, *, scheduler: str = "normal", checkpointing: bool = True):
         if scheduler not in SCHEDULERS:
             raise DCTError(f"unknown scheduler {scheduler!r}; pick one of: {', '.join(SCHEDULERS)}.")
+        self._negatives = NegativeCache()
         objects = sd_model.forge_objects
         self.sd_model = sd_model
         self.unet, self.clip, self.vae = objects.unet, objects.clip, objects.vae
@@ -90,7 +91,7 @@ class WebuiBackend:
                             None if mask is None else mask.index_select(0, rows.cpu()))
 
     def negative(self, prompt: str, batch: int) -> Conditioning:
-        return self.encode([prompt] * batch, None)
+        return self._negatives.get(prompt, batch, self.encode)
 
     def start(self, seeds: Sequence[int], sampling: SamplingConfig) -> Trajectory:
         size = sampling.resolution // 8

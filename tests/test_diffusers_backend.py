@@ -61,3 +61,22 @@ def test_memory_savers_leave_the_gradient_unchanged(depth):
     torch.testing.assert_close(grad(True, False), reference, rtol=1e-4, atol=1e-9)
     flags_after = [(type(m), dict(vars(m))) for model in (backend.unet, backend.vae) for m in model.modules()]
     assert flags_after == flags_before  # every checkpointing switch and function restored
+
+
+@pytest.mark.parametrize("kind", ["sd1", "sdxl"])
+def test_the_negative_prompt_is_encoded_once_per_run(kind, monkeypatch):
+    """A training asks for the negative at every micro-batch size and preview: one text-encoder pass per prompt,
+    the same values as encoding the batch (SDXL's pooled embedding included)."""
+    backend = DiffusersBackend(tiny_pipeline(kind))
+    expected = backend.encode(["blurry"] * 3, None)
+    calls = []
+    real = backend.encode
+    monkeypatch.setattr(backend, "encode", lambda prompts, vectors: calls.append(prompts) or real(prompts, vectors))
+    for batch in (3, 1, 3):
+        got = backend.negative("blurry", batch)
+        assert got.hidden.shape[0] == batch and not got.hidden.requires_grad
+        torch.testing.assert_close(got.hidden, expected.hidden[:batch], rtol=0, atol=0)
+        if kind == "sdxl":
+            torch.testing.assert_close(got.pooled, expected.pooled[:batch], rtol=0, atol=1e-5)  # matmul batching
+    backend.negative("", 2)
+    assert calls == [["blurry"], [""]]

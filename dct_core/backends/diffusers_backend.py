@@ -12,7 +12,7 @@ from torch.utils.checkpoint import checkpoint as grad_checkpoint
 
 from ..config import SamplingConfig
 from ..errors import DCTError
-from ..method.backend import Conditioning, Trajectory, Vectors, init_rows
+from ..method.backend import Conditioning, NegativeCache, Trajectory, Vectors, init_rows
 from ..method.prompts import tokenize_with_slots
 from ..settings import check
 
@@ -45,6 +45,7 @@ def encoder_names(widths: Sequence[int]) -> list[str]:
 class DiffusersBackend:
     def __init__(self, pipe: Any, sampler: str = "ddim"):
         check("sampler", sampler)
+        self._negatives = NegativeCache()
         self.pipe = pipe
         self.sampler = sampler  # "ddim" | "euler" | "own" (the scheduler class the model folder names)
         self.unet, self.vae = pipe.unet, pipe.vae
@@ -94,7 +95,7 @@ class DiffusersBackend:
 
     def negative(self, prompt: str, batch: int) -> Conditioning:
         """The unconditional branch of CFG (no class token)."""
-        cond = self.encode([prompt] * batch, None)
+        cond = self._negatives.get(prompt, batch, self.encode)
         if self.zero_uncond and not prompt:
             pooled = None if cond.pooled is None else torch.zeros_like(cond.pooled)
             return Conditioning(torch.zeros_like(cond.hidden), pooled)

@@ -15,7 +15,7 @@ import torch
 
 from dct_core.config import SamplingConfig
 from dct_core.errors import DCTError
-from dct_core.method.backend import Conditioning, Trajectory, Vectors, init_rows
+from dct_core.method.backend import Conditioning, NegativeCache, Trajectory, Vectors, init_rows
 from dct_core.method.prompts import TOKEN_MARK
 
 from . import host_internals as host
@@ -77,6 +77,7 @@ class ComfyBackend:
 
     def __init__(self, model, clip, vae, *, sampler_name: str = "euler", scheduler: str = "normal",
                  decoder: torch.nn.Module | None = None, checkpointing: bool = True):
+        self._negatives = NegativeCache()
         if sampler_name not in host.sampler_names():
             raise DCTError(f"unknown sampler {sampler_name!r}; pick one of the host's samplers.")
         if scheduler not in host.scheduler_names():
@@ -141,7 +142,7 @@ class ComfyBackend:
         return Conditioning(hidden, pooled_batch, mask)
 
     def negative(self, prompt: str, batch: int) -> Conditioning:
-        return self.encode([prompt] * batch, None)
+        return self._negatives.get(prompt, batch, self.encode)
 
     def start(self, seeds: Sequence[int], sampling: SamplingConfig) -> Trajectory:
         size = sampling.resolution // self.downscale
