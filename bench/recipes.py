@@ -26,6 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dct_core.config import COLOUR_WORDS  # noqa: E402
+
 CLASSES = {  # class -> the coarse word its prompts use (and its init word)
     "toy kite": "kite",
     "kite, bird of prey": "kite",
@@ -58,9 +60,13 @@ RECIPES: dict[str, dict] = {
                       checkpointing=False, enough_prob=0.8),
     "x0-prompts": dict(WORLD, lr=0.05, max_steps=25, gradient_point="x0", accuracy_threshold=1.0, patience=25,
                        checkpointing=False, templates=PROMPT_VARIETY),
-    # The shipped default, and it keeping the batch's variety in the guide's class-independent features.
+    # The shipped default (the token kept off the colour words' embedding directions: free_words), the same
+    # without that (the default until December 6), and it keeping the batch's variety in the guide's
+    # class-independent features.
     "balanced": dict(WORLD, lr=0.05, max_steps=25, gradient_point="x0", x0_interval=(0.2, 0.8),
-                     accuracy_threshold=1.0, patience=25),
+                     accuracy_threshold=1.0, patience=25, free_words=COLOUR_WORDS),
+    "balanced-no-free": dict(WORLD, lr=0.05, max_steps=25, gradient_point="x0", x0_interval=(0.2, 0.8),
+                             accuracy_threshold=1.0, patience=25),
     "spread-5": dict(WORLD, lr=0.05, max_steps=25, gradient_point="x0", x0_interval=(0.2, 0.8),
                      accuracy_threshold=1.0, patience=25, spread=5.0),
     "spread-20": dict(WORLD, lr=0.05, max_steps=25, gradient_point="x0", x0_interval=(0.2, 0.8),

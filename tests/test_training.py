@@ -299,3 +299,31 @@ def test_spread_adds_a_variety_term_against_the_prompt_alone_batch(sd1_world):
         or result.best_step == 0
     with pytest.raises(DCTError, match="spread"):  # only at the x0 gradient point
         train_class_token(backend, classifier, 1, "tiger cat", TrainConfig(max_steps=1, spread=1.0, **FAST))
+
+
+def test_free_words_keep_the_token_off_their_directions(sd1_world):
+    """free_words: the token's change from its init word has no part along the words' (centred) embeddings."""
+    from dct_core.method.free_words import free_directions
+
+    backend, classifier = sd1_world
+    words = "red, green, blue, white"
+    basis = free_directions(backend, words)["clip_l"]
+    assert basis.shape[1] == 3  # four words, centred: three directions
+    init = backend.init_vectors("a", 1)["clip_l"].cpu()
+    moved = {}
+    for free in ("", words):
+        config = TrainConfig(max_steps=2, free_words=free, **FAST)
+        token = train_class_token(backend, classifier, 1, "tiger cat", config).token.vectors["clip_l"]
+        moved[free] = (token - init).float()
+    along = {free: float((d @ basis).norm() / d.norm()) for free, d in moved.items()}
+    assert along[""] > 0.05 and along[words] < 1e-4, along
+    assert moved[words].norm() > 0.5 * moved[""].norm()  # it still moves, in the other directions
+
+
+def test_one_free_word_is_a_one_line_error_and_none_is_off(sd1_world):
+    from dct_core.method.free_words import free_directions
+
+    backend, classifier = sd1_world
+    with pytest.raises(DCTError, match="at least two words"):
+        train_class_token(backend, classifier, 1, "tiger cat", TrainConfig(max_steps=1, free_words="red", **FAST))
+    assert free_directions(backend, "None") == {} and free_directions(backend, " , ") == {}

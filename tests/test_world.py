@@ -86,9 +86,10 @@ def test_committed_world_reproduces_recorded_baseline():
             assert now["classes"][label][name]["top1"] == pytest.approx(acc["top1"], abs=slack), (label, name)
 
 
-# Reduced `dct demo` (default recipe, 12 steps, 32 fresh seeds) measured: toy kite +43.8 held-out points, colour
-# entropy ratio 0.92, all attributes 0.99; warbler +15.6, 1.14, 0.97 (the full demo's numbers are in the README).
-GUARD = {"toy kite": 0.25, "red-throated warbler": 0.10}  # least held-out top-1 gain
+# Reduced `dct demo` (default recipe) measured: toy kite (12 steps, 32 fresh seeds) +43.8 held-out points; the
+# warbler learns later with the colour words kept free (12 steps: +6.2 on 64 seeds), so it runs the demo's full
+# 25 steps on its 64 seeds: +17.2 (the full demo's numbers are in the README).
+GUARD = {"toy kite": (0.25, 12, 32), "red-throated warbler": (0.10, 25, 64)}  # least gain, steps, images
 
 
 @pytest.mark.parametrize("target", DEMO_CLASSES, ids=lambda c: c.kind)
@@ -96,11 +97,12 @@ def test_the_default_recipe_teaches_the_class_and_keeps_the_variety(tmp_path, ta
     """Guards the method's efficacy AND what it must leave alone: the token must raise the held-out classifier's
     top-1, keep the colour and the other free attributes about as varied as the prompt alone, and bring the images
     closer to real renders of the class. Below these bounds the method, the world or a default has broken."""
-    report = run_demo(tmp_path, classes=[target.label], steps=12, num_images=32, json_path=tmp_path / "t.json")
+    least, steps, images = GUARD[target.label]
+    report = run_demo(tmp_path, classes=[target.label], steps=steps, num_images=images, json_path=tmp_path / "t.json")
     row = report.rows[0]
     held_out = row.accuracy["world:held-out"]
     gain = held_out[WITH]["top1"] - held_out[WITHOUT]["top1"]
-    assert gain >= GUARD[target.label], f"held-out {held_out[WITHOUT]['top1']:.2f} -> {held_out[WITH]['top1']:.2f}"
+    assert gain >= least, f"held-out {held_out[WITHOUT]['top1']:.2f} -> {held_out[WITH]['top1']:.2f}"
     ratio = row.quality["variety"]["ratio"]
     assert ratio["color"] >= 0.85 and ratio["total"] >= 0.9, ratio
     assert row.quality["frechet"]["with"] < row.quality["frechet"]["without"]

@@ -22,6 +22,7 @@ from ..formats.tokens import ClassToken
 from .backend import Backend, Conditioning, Vectors
 from .checkpointing import block_checkpointing, checkpoint_units
 from .diversity import channel_statistics
+from .free_words import free_directions, project_off
 from .freezing import frozen
 from .generation import generate_images
 from .prompts import prompts_for_batch, strip_token
@@ -108,6 +109,7 @@ def train_class_token(
     points = torch.Generator().manual_seed(config.seed)  # where the x0 gradient points fall, reproducibly
     judge = _Judge(classifier, target, target_on, config.enough_prob)
     spread = _Spread(classifier, on=config.spread > 0)
+    free = free_directions(backend, config.free_words)
 
     result = TrainResult(token=_token(params, name, metadata))
     best_key, best_loss, since_better = None, float("inf"), 0
@@ -162,6 +164,7 @@ def train_class_token(
                 else:
                     optimizer.step()
                 _cap_norm(config, params, init)
+                project_off(free, params, init)
                 record = StepRecord(
                     step=step,
                     loss=loss_sum,
