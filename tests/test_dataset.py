@@ -55,6 +55,19 @@ def _pngs(out):
     return sorted(str(p.relative_to(out)) for p in out.rglob("*.png"))
 
 
+def _count_draws(monkeypatch) -> list:
+    """The seeds dct dataset draws from now on (it still draws them)."""
+    drawn: list = []
+    real = dataset.generate_images_for
+
+    def counting(backend, prompts, seeds, *a):
+        drawn.extend(seeds)
+        return real(backend, prompts, seeds, *a)
+
+    monkeypatch.setattr(dataset, "generate_images_for", counting)
+    return drawn
+
+
 def test_tree_manifest_and_resume(library, tmp_path, monkeypatch):
     out = tmp_path / "ds"
     assert run_dataset(_argv(library, out)) == 0
@@ -88,15 +101,8 @@ def test_tree_manifest_and_resume(library, tmp_path, monkeypatch):
     lost.unlink()
     cut.write_bytes(before[cut][: len(before[cut]) // 2])
     (out / "manifest.jsonl").unlink()
-    drawn = []
     monkeypatch.undo()
-    real = dataset.generate_images_for
-
-    def counting(backend, prompts, seeds, *a):
-        drawn.extend(seeds)
-        return real(backend, prompts, seeds, *a)
-
-    monkeypatch.setattr(dataset, "generate_images_for", counting)
+    drawn = _count_draws(monkeypatch)
     assert run_dataset(_argv(library, out)) == 0
     assert sorted(drawn) == [dataset.FIRST_SEED, dataset.FIRST_SEED + 1]
     assert (out / "manifest.jsonl").read_bytes() == manifest
@@ -227,14 +233,7 @@ def test_images_carry_their_record_and_a_kill_mid_unit_resumes(library, tmp_path
     assert (out / ".dct-dataset").is_file() and len(_pngs(out)) == 2 and not list(out.rglob(".records-*"))
     monkeypatch.undo()
 
-    drawn = []
-    real = dataset.generate_images_for
-
-    def counting(backend, prompts, seeds, *a):
-        drawn.extend(seeds)
-        return real(backend, prompts, seeds, *a)
-
-    monkeypatch.setattr(dataset, "generate_images_for", counting)
+    drawn = _count_draws(monkeypatch)
     stamps = {p: p.stat().st_mtime_ns for p in published}
     assert run_dataset(_argv(library, out, 3)) == 0
     assert len(drawn) == 4 and {p: p.stat().st_mtime_ns for p in published} == stamps  # the rest, only the rest
@@ -419,14 +418,7 @@ def test_filtered_rerun_draws_nothing_and_a_lost_image_comes_back(filtered, libr
     lost = filtered / _manifest(filtered)[-1]["file"]
     before = lost.read_bytes()
     lost.unlink()
-    drawn = []
-    real = dataset.generate_images_for
-
-    def counting(backend, prompts, seeds, *a):
-        drawn.extend(seeds)
-        return real(backend, prompts, seeds, *a)
-
-    monkeypatch.setattr(dataset, "generate_images_for", counting)
+    drawn = _count_draws(monkeypatch)
     assert run_dataset(_argv(library, filtered, 5, *FILTER)) == 0
     assert drawn == [int(lost.stem)] and _close(lost.read_bytes(), before)
     assert (filtered / "manifest.jsonl").read_bytes() == manifest
@@ -458,14 +450,7 @@ def test_filter_a_larger_count_reuses_what_passed_and_damage_is_redrawn(library,
     assert run_dataset(_argv(library, out, 5, *FILTER)) == 0
     assert json.loads(record.read_text())[-1]["kept"] in (True, False)
 
-    drawn = []
-    real = dataset.generate_images_for
-
-    def counting(backend, prompts, seeds, *a):
-        drawn.extend(seeds)
-        return real(backend, prompts, seeds, *a)
-
-    monkeypatch.setattr(dataset, "generate_images_for", counting)
+    drawn = _count_draws(monkeypatch)
     bigger = len(kept) + 1
     assert run_dataset(_argv(library, out, bigger, *FILTER)) == 0
     rows = [r for r in _manifest(out) if r["folder"] == "toy-kite"]
