@@ -282,6 +282,7 @@ def _draw_units(backend, out, plans, share, sequence, seed0, without_tokens, set
     check_out_folder(out, allow_foreign)
     check_manifest_target(out / MANIFEST)
     work = []
+    surplus_of: dict[int, set[int]] = {}  # per class, read once per pass (a class has many units)
     for c, u in share:
         plan = plans[c]
         start, count = sequence[u]
@@ -299,8 +300,10 @@ def _draw_units(backend, out, plans, share, sequence, seed0, without_tokens, set
         if old is not None and scored(old):
             _check_same_settings(record_path, [planned(r) for r in old], records)
             records = old  # with each image's outcome
-        surplus = _surplus(out, plan, sequence, seed0, wanted) if keep else set()
-        todo = _unit_todo(out / plan.folder, record_path, records, paths, size, keep is not None, surplus)
+        if keep and c not in surplus_of:
+            surplus_of[c] = _surplus(out, plan, sequence, seed0, wanted)
+        todo = _unit_todo(out / plan.folder, record_path, records, paths, size, keep is not None,
+                          surplus_of.get(c, set()))
         skipped += sum(1 for i, r in enumerate(records) if i not in todo and r.get(KEPT, True))
         work.append((c, u, plan, seeds, prompts, records, paths, record_path, todo))
     write_marker(out)
