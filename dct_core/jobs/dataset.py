@@ -176,11 +176,6 @@ def _class_index(meta: dict, path: Path) -> int | None:
                    "retrain it with 'dct library' or take it out of the library folder.")
 
 
-def _class_units(images_per_class: int, keep: KeepFilter | None) -> list[tuple[int, int]]:
-    """(first image index, count) of each unit of one class, in order (the same for every class)."""
-    return class_units(images_per_class, keep.max_draws if keep else None, CHUNK)
-
-
 def _record_path(out: Path, plan: ClassPlan, seed0: int, start: int, count: int) -> Path:
     return out / plan.folder / f"{RECORD_PREFIX}{seed0 + start}-{count}.json"
 
@@ -235,7 +230,7 @@ def write_dataset(
     out = Path(out_dir)
     plans = plan_classes(library_dir, prompt_template, without_tokens)
     indices = [keep.class_index(p.label, p.token_file.name) for p in plans] if keep else []
-    sequence = _class_units(images_per_class, keep)
+    sequence = class_units(images_per_class, keep.max_draws if keep else None, CHUNK)  # the same for every class
     counts = [count for _, count in sequence]
     settings = _sampling_record(sampling, getattr(backend, "sampler", ""))
     drawn: list[list[list[bool]]] = [[] for _ in plans]  # per class: the kept flags of each unit drawn this run
@@ -296,13 +291,15 @@ def _draw_units(backend, out, plans, share, sequence, seed0, without_tokens, set
         } for seed, prompt in zip(seeds, prompts)]
         paths = [out / plan.folder / f"{seed}.png" for seed in seeds]
         record_path = _record_path(out, plan, seed0, start, count)
-        old = read_records(record_path) if keep else None
-        if old is not None and scored(old):
+        old = read_records(record_path)
+        # The unit was finished with these settings (filtered: and every image scored): its files are ours.
+        listed = old is not None and (scored(old) or keep is None)
+        if listed and old is not None:
             _check_same_settings(record_path, [planned(r) for r in old], records)
-            records = old  # with each image's outcome
+            records = old  # filtered: with each image's outcome
         if keep and c not in surplus_of:
             surplus_of[c] = _surplus(out, plan, sequence, seed0, wanted)
-        todo = _unit_todo(out / plan.folder, record_path, records, paths, size, keep is not None,
+        todo = _unit_todo(out / plan.folder, records, paths, size, listed, keep is not None,
                           surplus_of.get(c, set()))
         skipped += sum(1 for i, r in enumerate(records) if i not in todo and r.get(KEPT, True))
         work.append((c, u, plan, seeds, prompts, records, paths, record_path, todo))
@@ -352,20 +349,13 @@ def _remove_ours(path: Path, size: tuple[int, int]) -> None:
         path.unlink()
 
 
-def _unit_todo(folder: Path, record_path: Path, records: list[dict], paths: list[Path],
-               size: tuple[int, int], filtered: bool = False, surplus: set[int] | None = None) -> list[int]:
+def _unit_todo(folder: Path, records: list[dict], paths: list[Path], size: tuple[int, int], listed: bool,
+               filtered: bool = False, surplus: set[int] | None = None) -> list[int]:
     """The images of a unit to draw; a file in an image's place that is not ours stops the run (reads only).
-    ``filtered``: ``records`` carry each image's outcome when the unit was drawn before (their ``kept`` key); an
-    image the filter dropped is not drawn again, nor one kept beyond the class's count (``surplus``), one never
-    scored is."""
+    ``listed``: the unit's record was found (its files are ours). ``filtered``: ``records`` then carry each image's
+    outcome; an image the filter dropped is not drawn again, nor one kept beyond the class's count (``surplus``),
+    one never scored is."""
     check_class_folder(folder)
-    if filtered:
-        listed = scored(records)
-    else:
-        old = read_records(record_path)
-        if old is not None:
-            _check_same_settings(record_path, old, records)
-        listed = old is not None  # the unit was finished with these settings: its files are ours
     todo = []
     for i, (record, path) in enumerate(zip(records, paths)):
         if filtered and listed and (not record[KEPT] or record["seed"] in (surplus or ())):
