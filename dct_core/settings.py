@@ -130,7 +130,8 @@ SETTINGS: tuple[Setting, ...] = (
     _s("preserve", "float", "Pull toward the image the prompt alone makes on the same seed (x0 gradient point): "
        "keeps what the prompt leaves free", low=0, high=1e4, from_recipe=True, widget_max=1000.0, widget_step=0.1,
        node_unset=-1),
-    _s("keep", "choice", "The token returned: the best step's (paper) or the last", choices=("best", "last"),
+    _s("keep", "choice", "The token returned: the best step's (paper), the last, or the average of the last half's",
+       choices=("best", "last", "average"),
        from_recipe=True),
     _s("validation_images", "int", "Pick the best token on this many fixed validation seeds (0: on the training "
        "batch)", low=0, high=1024, from_recipe=True, widget_max=64, node_unset=-1),

@@ -202,10 +202,11 @@ def _stopped(outcome, subject: str, after_training: bool = False) -> dict:
         head = f"{subject}: cancelled after training ({done} steps), while drawing the before/after images"
     else:
         head = f"{subject}: cancelled at step {done + 1} ({done} steps finished)"
+    kept = result.token_source() or (f"best step {best.step + 1}'s token" if best is not None else "")
     if best is not None and outcome.path is not None:
-        text = f"{head}; best step {best.step + 1}'s token (accuracy {best.accuracy:.2f}) saved to {outcome.path}"
+        text = f"{head}; {kept} (accuracy {best.accuracy:.2f}) saved to {outcome.path}"
     elif best is not None:
-        text = f"{head}; best step {best.step + 1}'s token was not saved (save_name is empty)"
+        text = f"{head}; {kept} was not saved (save_name is empty)"
     else:
         text = f"{head}; no step had finished, so no token was saved"
     return {"text": text, "steps": done, "best_step": best.step + 1 if best is not None else None,

@@ -138,16 +138,18 @@ class RunOutcome:
         best = self.result.best
         where = f"; saved {self.path}" if self.path is not None else ""
         head = f"{label}: " if label else ""
+        source = f" ({self.result.token_source()})" if self.result.token_source() else ""
         return (f"{head}stopped by {self.result.stopped} after {len(self.result.history)} steps; best step "
-                f"{best.step + 1 if best else '-'} accuracy {best.accuracy if best else 0:.2f}{where}")
+                f"{best.step + 1 if best else '-'} accuracy {best.accuracy if best else 0:.2f}{source}{where}")
 
     def cli_line(self) -> str:
         """The line `dct train` has always printed (scripts read it); its step counted from 1 since 2026-12, as the
         progress lines count."""
         best = self.result.best
         assert best is not None
+        source = f" ({self.result.token_source()})" if self.result.token_source() else ""
         return (f"stopped: {self.result.stopped}; best step {best.step + 1}: accuracy {best.accuracy:.2f}, "
-                f"loss {best.loss:.4f}")
+                f"loss {best.loss:.4f}{source}")
 
 
 def token_metadata(job: TrainJob) -> dict[str, str]:

@@ -56,10 +56,17 @@ class TrainResult:
     best_step: int = -1
     stopped: str = "max_steps"  # "threshold" | "patience" | "max_steps" | "cancelled" | "non-finite"
     cancel_exception: BaseException | None = None  # the host's cancel, to raise again once the token is kept
+    averaged_from: int | None = None  # keep="average": the first step whose token is in the returned mean
 
     @property
     def best(self) -> StepRecord | None:
         return next((r for r in self.history if r.step == self.best_step), None)
+
+    def token_source(self) -> str:
+        """For the result lines: "" when the token is one step's, else which steps' tokens were averaged (from 1)."""
+        if self.averaged_from is None or not self.history:
+            return ""
+        return f"the mean of steps {self.averaged_from + 1}-{self.history[-1].step + 1}'s tokens"
 
 
 def _autocast(device: torch.device, dtype: torch.dtype):
@@ -113,6 +120,7 @@ def train_class_token(
 
     result = TrainResult(token=_token(params, name, metadata))
     best_key, best_loss, since_better = None, float("inf"), 0
+    made_with: list[Vectors] = []  # the token each step's batch was made with (keep="average")
     with frozen([*backend.modules(), classifier.module]), _autocast(device, dtype):
         negatives: dict[int, Conditioning] = {}
         try:
@@ -176,6 +184,7 @@ def train_class_token(
                     val_loss=None if validation is None else validation[1],
                 )
                 result.history.append(record)
+                made_with.append(snapshot)
                 key = record.selection_key()
                 if config.keep == "last" or best_key is None or key > best_key:
                     best_key, result.best_step = key, step
@@ -195,7 +204,17 @@ def train_class_token(
                     break
         except cancel_exceptions as exc:  # a host that cancels by raising mid-step: keep the best token
             result.stopped, result.cancel_exception = "cancelled", exc
+    if config.keep == "average" and made_with:
+        result.token = _token(_tail_average(made_with), name, metadata, result.history[-1])
+        result.best_step, result.averaged_from = result.history[-1].step, len(made_with) // 2
     return result
+
+
+def _tail_average(made_with: list[Vectors]) -> Vectors:
+    """The mean of the tokens of the last half of the steps: with fresh seeds every step, each token fits its
+    own batch's noise; their mean is the direction the steps agree on (Polyak averaging)."""
+    tail = made_with[len(made_with) // 2:]
+    return {k: torch.stack([v[k] for v in tail]).mean(0) for k in tail[0]}
 
 
 def _checkpointed(classifier: Classifier, on: bool):
