@@ -109,7 +109,8 @@ SETTINGS: tuple[Setting, ...] = (
     _s("seed", "int", "First seed; a batch uses seed, seed+1, ...", section=GENERATION, low=0, high=2**63 - 1,
        metadata=True,
        widget_max=0xFFFFFFFF),
-    _s("accuracy_threshold", "float", "Stop once a batch is classified this well", low=0, low_open=True, high=1,
+    _s("accuracy_threshold", "float", "Stop once a batch (averaged over threshold_window steps) is classified this "
+       "well", low=0, low_open=True, high=1,
        from_recipe=True, widget_step=0.01),
     _s("patience", "int", "Or stop after this many steps without a lower loss", low=1, high=100_000, from_recipe=True,
        widget_max=1000),
@@ -130,9 +131,8 @@ SETTINGS: tuple[Setting, ...] = (
     _s("preserve", "float", "Pull toward the image the prompt alone makes on the same seed (x0 gradient point): "
        "keeps what the prompt leaves free", low=0, high=1e4, from_recipe=True, widget_max=1000.0, widget_step=0.1,
        node_unset=-1),
-    _s("keep", "choice", "The token returned: the best step's (paper), the last, or the average of the last half's",
-       choices=("best", "last", "average"),
-       from_recipe=True),
+    _s("keep", "choice", "The token returned: the best step's (paper), the last, or the mean of the tokens of the "
+       "last half of the steps (average)", choices=("best", "last", "average"), from_recipe=True, metadata=True),
     _s("validation_images", "int", "Pick the best token on this many fixed validation seeds (0: on the training "
        "batch)", low=0, high=1024, from_recipe=True, widget_max=64, node_unset=-1),
     _s("threshold_window", "int", "Average the stop accuracy over this many steps", low=1, high=10_000,

@@ -205,9 +205,10 @@ class Trainer:
             self.status.phase = "training"
             self.status.step, self.status.loss, self.status.accuracy = record.step + 1, record.loss, record.accuracy
             self.status.history.append((record.loss, record.accuracy))
-            best = max(self.status.history, key=lambda h: (h[1], -h[0]))
-            self.status.best_step = self.status.history.index(best) + 1
-            self.status.best_accuracy = best[1]
+            if config.keep != "average":  # an averaged token has no best step to show
+                best = max(self.status.history, key=lambda h: (h[1], -h[0]))
+                self.status.best_step = self.status.history.index(best) + 1
+                self.status.best_accuracy = best[1]
             self.status.preview = make_grid([images], min_cell=128)
             state.sampling_step = record.step + 1
 
@@ -239,6 +240,7 @@ class Trainer:
             "class_index": target, "class_label": label,
             "steps": len(result.history), "best_step": best.step + 1 if best else None,
             "accuracy": best.accuracy if best else None, "loss": best.loss if best else None,
+            "token_source": result.token_source() or None,
             "stopped": result.stopped, "summary": self.status.message, "diversity": diversity,
             "recipe": request.recipe,
             "before_after": png_base64(grid), "plot": png_base64(plot),

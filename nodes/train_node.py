@@ -203,8 +203,9 @@ def _stopped(outcome, subject: str, after_training: bool = False) -> dict:
     else:
         head = f"{subject}: cancelled at step {done + 1} ({done} steps finished)"
     kept = result.token_source() or (f"best step {best.step + 1}'s token" if best is not None else "")
+    accuracy = "last batch accuracy" if result.token_source() else "accuracy"
     if best is not None and outcome.path is not None:
-        text = f"{head}; {kept} (accuracy {best.accuracy:.2f}) saved to {outcome.path}"
+        text = f"{head}; {kept} ({accuracy} {best.accuracy:.2f}) saved to {outcome.path}"
     elif best is not None:
         text = f"{head}; {kept} was not saved (save_name is empty)"
     else:

@@ -342,4 +342,7 @@ def test_keep_average_returns_the_mean_of_the_last_half_of_the_steps_tokens(sd1_
     torch.testing.assert_close(result.token.vectors["clip_l"], (made[2]["clip_l"] + made[3]["clip_l"]).cpu() / 2)
     assert not torch.equal(made[2]["clip_l"], made[3]["clip_l"])  # two different tokens went into the mean
     assert result.best_step == 3 and result.token.metadata["steps"] == "3"
-    assert result.token_source() == "the mean of steps 3-4's tokens"  # what the result lines add
+    assert result.token_source() == "the mean of steps 3-4's tokens"  # what the result lines say
+    from dct_core.jobs.run import RunOutcome
+
+    assert "4 steps; token: the mean of steps 3-4's tokens (last batch accuracy " in RunOutcome(result).summary()

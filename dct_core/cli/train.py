@@ -49,6 +49,8 @@ def run(args) -> int:
     if outcome.result.best is None:
         raise DCTError("training stopped before the first step finished; nothing was saved.")
     print(outcome.cli_line())
+    if outcome.result.token_source():  # its own line: scripts read the line above as it always was
+        print(f"token: {outcome.result.token_source()}")
     error = outcome.error()
     if error is not None:
         raise DCTError(error)

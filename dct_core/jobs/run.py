@@ -39,8 +39,9 @@ _JOB_KEYS: dict[str, str] = {
 }
 _RESULT_KEYS: dict[str, str] = {
     "sampler": "sampler and scheduler while training",
-    "steps": "the optimization step the saved token comes from (the best one), counted from 0 as in every file "
-             "saved so far (what a person reads counts from 1)",
+    "steps": "the optimization step the saved token comes from (the best one; keep=average: the last of the "
+             "averaged steps, which are the second half of trained_steps), counted from 0 as in every file saved so "
+             "far (what a person reads counts from 1)",
     "accuracy": "guiding classifier's batch accuracy at that step",
     "loss": "the loss at that step",
     "trained_steps": "optimization steps run",
@@ -138,18 +139,19 @@ class RunOutcome:
         best = self.result.best
         where = f"; saved {self.path}" if self.path is not None else ""
         head = f"{label}: " if label else ""
-        source = f" ({self.result.token_source()})" if self.result.token_source() else ""
-        return (f"{head}stopped by {self.result.stopped} after {len(self.result.history)} steps; best step "
-                f"{best.step + 1 if best else '-'} accuracy {best.accuracy if best else 0:.2f}{source}{where}")
+        stopped = f"{head}stopped by {self.result.stopped} after {len(self.result.history)} steps"
+        if self.result.token_source() and best is not None:
+            return f"{stopped}; token: {self.result.token_source()} (last batch accuracy {best.accuracy:.2f}){where}"
+        return (f"{stopped}; best step {best.step + 1 if best else '-'} accuracy {best.accuracy if best else 0:.2f}"
+                f"{where}")
 
     def cli_line(self) -> str:
         """The line `dct train` has always printed (scripts read it); its step counted from 1 since 2026-12, as the
         progress lines count."""
         best = self.result.best
         assert best is not None
-        source = f" ({self.result.token_source()})" if self.result.token_source() else ""
         return (f"stopped: {self.result.stopped}; best step {best.step + 1}: accuracy {best.accuracy:.2f}, "
-                f"loss {best.loss:.4f}{source}")
+                f"loss {best.loss:.4f}")
 
 
 def token_metadata(job: TrainJob) -> dict[str, str]:

@@ -66,7 +66,8 @@ class TrainResult:
         """For the result lines: "" when the token is one step's, else which steps' tokens were averaged (from 1)."""
         if self.averaged_from is None or not self.history:
             return ""
-        return f"the mean of steps {self.averaged_from + 1}-{self.history[-1].step + 1}'s tokens"
+        first, last = self.averaged_from + 1, self.history[-1].step + 1
+        return f"step {last}'s token" if first == last else f"the mean of steps {first}-{last}'s tokens"
 
 
 def _autocast(device: torch.device, dtype: torch.dtype):
@@ -184,7 +185,8 @@ def train_class_token(
                     val_loss=None if validation is None else validation[1],
                 )
                 result.history.append(record)
-                made_with.append(snapshot)
+                if config.keep == "average":
+                    made_with.append(snapshot)
                 key = record.selection_key()
                 if config.keep == "last" or best_key is None or key > best_key:
                     best_key, result.best_step = key, step
