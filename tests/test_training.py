@@ -330,17 +330,19 @@ def test_one_free_word_is_a_one_line_error_and_none_is_off(sd1_world):
 
 
 def test_keep_average_returns_the_mean_of_the_last_half_of_the_steps_tokens(sd1_world, monkeypatch):
-    """keep="average": the tokens steps 2 and 3 of 4 were made with, averaged (Polyak), not any single one."""
+    """keep="average": the tokens steps 3 and 4 of 4 were made with, averaged (Polyak), not any single one."""
     import dct_core.method.training as training
 
     backend, classifier = sd1_world
-    made, real = [], training._tail_average
-    monkeypatch.setattr(training, "_tail_average", lambda tokens: made.extend(tokens) or real(tokens))
+    averaged, real = [], training._mean
+    monkeypatch.setattr(training, "_mean", lambda tokens: averaged.extend(tokens) or real(tokens))
     config = TrainConfig(max_steps=4, keep="average", threshold_window=4, fresh_seeds=True, **FAST)
     result = train_class_token(backend, classifier, 1, "tiger cat", config)
-    assert len(result.history) == 4 and len(made) == 4
-    torch.testing.assert_close(result.token.vectors["clip_l"], (made[2]["clip_l"] + made[3]["clip_l"]).cpu() / 2)
-    assert not torch.equal(made[2]["clip_l"], made[3]["clip_l"])  # two different tokens went into the mean
+    assert len(result.history) == 4 and len(averaged) == 2
+    mean = (averaged[0]["clip_l"] + averaged[1]["clip_l"]).cpu() / 2
+    torch.testing.assert_close(result.token.vectors["clip_l"], mean)
+    assert not torch.equal(averaged[0]["clip_l"], averaged[1]["clip_l"])  # two different tokens went into the mean
+    assert not torch.equal(averaged[0]["clip_l"].cpu(), backend.init_vectors("a", 1)["clip_l"].cpu())  # not step 1's
     assert result.best_step == 3 and result.token.metadata["steps"] == "3"
     assert result.token_source() == "the mean of steps 3-4's tokens"  # what the result lines say
     from dct_core.jobs.run import RunOutcome

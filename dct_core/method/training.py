@@ -207,16 +207,16 @@ def train_class_token(
         except cancel_exceptions as exc:  # a host that cancels by raising mid-step: keep the best token
             result.stopped, result.cancel_exception = "cancelled", exc
     if config.keep == "average" and made_with:
-        result.token = _token(_tail_average(made_with), name, metadata, result.history[-1])
-        result.best_step, result.averaged_from = result.history[-1].step, len(made_with) // 2
+        # The last half of the steps' tokens: with fresh seeds every step, each token fits its own batch's noise;
+        # their mean is the direction the steps agree on (Polyak averaging). Step numbers are history indices.
+        first = len(made_with) // 2
+        result.token = _token(_mean(made_with[first:]), name, metadata, result.history[-1])
+        result.best_step, result.averaged_from = result.history[-1].step, first
     return result
 
 
-def _tail_average(made_with: list[Vectors]) -> Vectors:
-    """The mean of the tokens of the last half of the steps: with fresh seeds every step, each token fits its
-    own batch's noise; their mean is the direction the steps agree on (Polyak averaging)."""
-    tail = made_with[len(made_with) // 2:]
-    return {k: torch.stack([v[k] for v in tail]).mean(0) for k in tail[0]}
+def _mean(tokens: list[Vectors]) -> Vectors:
+    return {k: torch.stack([v[k] for v in tokens]).mean(0) for k in tokens[0]}
 
 
 def _checkpointed(classifier: Classifier, on: bool):
