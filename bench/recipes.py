@@ -60,12 +60,16 @@ RECIPES: dict[str, dict] = {
                       checkpointing=False, enough_prob=0.8),
     "x0-prompts": dict(WORLD, lr=0.05, max_steps=25, gradient_point="x0", accuracy_threshold=1.0, patience=25,
                        checkpointing=False, templates=PROMPT_VARIETY),
-    # The shipped default (the token kept off the colour words' embedding directions: free_words; all 25 steps,
-    # the mean of the last half's tokens returned), earlier defaults, and it keeping the batch's variety in the
-    # guide's class-independent features.
+    # The shipped default (the token kept off the colour words: free_words on its vector, free_penalty on its
+    # conditioning; all 25 steps, the mean of the last half's tokens returned), earlier defaults, and it keeping the
+    # batch's variety in the guide's class-independent features.
     "balanced": dict(WORLD, lr=0.05, max_steps=25, gradient_point="x0", x0_interval=(0.2, 0.8),
                      accuracy_threshold=1.0, threshold_window=25, patience=25, keep="average", enough_prob=0.9,
-                     free_words=COLOUR_WORDS),
+                     free_words=COLOUR_WORDS, free_penalty=0.3),
+    # The default of the night of December 6: the free words kept off the token's vector only.
+    "balanced-vector": dict(WORLD, lr=0.05, max_steps=25, gradient_point="x0", x0_interval=(0.2, 0.8),
+                            accuracy_threshold=1.0, threshold_window=25, patience=25, keep="average",
+                            enough_prob=0.9, free_words=COLOUR_WORDS),
     # The default until the evening of December 6: it stopped on one all-correct batch and returned that step's token.
     "balanced-best": dict(WORLD, lr=0.05, max_steps=25, gradient_point="x0", x0_interval=(0.2, 0.8),
                           accuracy_threshold=1.0, patience=25, free_words=COLOUR_WORDS),

@@ -157,8 +157,11 @@ SETTINGS: tuple[Setting, ...] = (
        "the prompt alone's on the same seeds, in what the guide's first layer reads (colour, texture; 0: off)", low=0,
        high=1e4, from_recipe=True, metadata=True, widget_max=100.0, widget_step=0.1, node_unset=-1),
     _s("free_words", "text", "Words naming what the prompt leaves free, comma-separated (colours): the token may not "
-       "move along their embedding directions, so it cannot paint every image one colour (none: off)",
-       from_recipe=True, metadata=True),
+       "move along their embedding directions, so it cannot paint every image one colour; words of the class's own "
+       "name are left out (none: off)", from_recipe=True, metadata=True),
+    _s("free_penalty", "float", "Weight of keeping the free words out of what the token does to the prompt's text "
+       "conditioning, not only its own vector (0: off)", low=0, high=1e4, from_recipe=True, metadata=True,
+       widget_max=1000.0, widget_step=0.1, node_unset=-1),
     # The step budget: on the Train node itself (its 'max_steps' input), not on the Options node.
     _s("max_steps", "int", "Maximum optimization steps", low=1, high=100_000, from_recipe=True, metadata=True,
        flags=("--steps",), fronts=(CLI, WEBUI), widget_max=10000),

@@ -1,5 +1,7 @@
 """The optimization itself, on the tiny world (tests/conftest.py explains why it is text-sensitive)."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -318,6 +320,32 @@ def test_free_words_keep_the_token_off_their_directions(sd1_world):
     along = {free: float((d @ basis).norm() / d.norm()) for free, d in moved.items()}
     assert along[""] > 0.05 and along[words] < 1e-4, along
     assert moved[words].norm() > 0.5 * moved[""].norm()  # it still moves, in the other directions
+
+
+def test_free_penalty_keeps_the_free_words_out_of_the_tokens_conditioning(sd1_world):
+    """free_penalty: the token's conditioning moves less inside the span the free words give the prompt than
+    without it; the span has one direction fewer than the words (centred), per training prompt."""
+    from dct_core.method.free_words import FreeConditioning
+
+    backend, classifier = sd1_world
+    words = "red, green, blue, white"
+    config = TrainConfig(max_steps=3, keep="last", **FAST)
+    prompts = prompts_for_batch(config.templates, "tiger cat", config.batch_size)
+    init = {k: v.float() for k, v in backend.init_vectors("a", 1).items()}
+    measure = FreeConditioning(backend, words, prompts, init, 1)
+    assert [q.shape[1] for q in measure.basis] == [3] * len(set(prompts))
+    with torch.no_grad():
+        assert float(measure.penalty(init)) == 0.0
+        colour = float(measure.penalty({k: v.float() for k, v in backend.init_vectors("red", 1).items()}))
+    inside = {}
+    for weight in (0.0, 100.0):
+        token = train_class_token(backend, classifier, 1, "tiger cat",
+                                  replace(config, free_words=words, free_penalty=weight)).token
+        with torch.no_grad():
+            vectors = {k: v.float() for k, v in token.for_encoders(backend.encoders).items()}
+            inside[weight] = float(measure.penalty(vectors))
+    assert colour > 0.1 and inside[0.0] > 0, (colour, inside)
+    assert inside[100.0] < 0.5 * inside[0.0], inside
 
 
 def test_one_free_word_is_a_one_line_error_and_none_is_off(sd1_world):

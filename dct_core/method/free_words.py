@@ -9,6 +9,7 @@ default in the balanced recipe): the token can still move in every other directi
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 import torch
@@ -23,6 +24,17 @@ def free_word_list(words: str) -> list[str]:
     if words.strip().lower() in OFF:
         return []
     return [w.strip() for w in words.split(",") if w.strip()]
+
+
+def not_in_class_name(words: str, *names: str) -> str:
+    """The free words without those the class's own name uses: a "red-throated warbler" or a "black swan" is told
+    apart by that colour, so it is not free for its token."""
+    used = {w for name in names for w in re.findall(r"[a-z]+", name.lower())}
+    listed = free_word_list(words)
+    kept = [w for w in listed if w.lower() not in used]
+    if kept == listed:
+        return words
+    return ", ".join(kept) if len(kept) >= 2 else "none"  # one word left spans no direction
 
 
 def free_directions(backend: Backend, words: str) -> dict[str, torch.Tensor]:
@@ -65,3 +77,49 @@ def project_off(basis: Mapping[str, torch.Tensor], params: Mapping[str, torch.Te
         q = q.to(p.device, p.dtype)
         moved = p - start
         p.copy_(start + moved - (moved @ q) @ q.T)
+
+
+class FreeConditioning:
+    """The free words kept out of what the UNet reads (``free_penalty``): the projection above acts on the token's
+    input vector, but the text encoder mixes the token into every position after it, so a direction off the words'
+    input span can still come out as a colour. Per training template, the span of the conditioning the prompt gets
+    with each free word in the token's place (centred over the words) is fixed once; the penalty is the token's
+    conditioning displacement (from the init word's) inside that span, in units of the words' own spread there:
+    1 = the token carries as much of the free attribute as choosing one of the words does."""
+
+    def __init__(self, backend: Backend, words: str, prompts: list[str], init: Mapping[str, torch.Tensor],
+                 num_vectors: int):
+        self.backend, self.prompts = backend, sorted(set(prompts))
+        listed = free_word_list(words)
+        self.basis: list[torch.Tensor] = []
+        self.base: torch.Tensor | None = None
+        self.scale = 1.0
+        if len(listed) < 2:
+            return
+        with torch.no_grad():
+            self.base = self._flat(init)
+            vectors = [backend.init_vectors(w, num_vectors) for w in listed]
+            # Words the model never learned keep a small random input embedding (as in free_directions): left out.
+            norms = torch.tensor([sum(float(v.float().norm()) for v in vs.values()) for vs in vectors])
+            vectors = [vs for vs, norm in zip(vectors, norms) if norm >= 0.35 * norms.median()]
+            if len(vectors) < 2:
+                self.base = None
+                return
+            rows = torch.stack([self._flat(vs) for vs in vectors])  # [W, P, F]
+        spread = 0.0
+        for p in range(len(self.prompts)):
+            m = rows[:, p].double() - rows[:, p].double().mean(0, keepdim=True)
+            _, sizes, directions = torch.linalg.svd(m, full_matrices=False)  # k words centred: k - 1 directions
+            self.basis.append(directions[sizes > 1e-4 * sizes.max().clamp_min(1e-30)].T.float())
+            spread += float(m.pow(2).sum(1).mean())
+        self.scale = spread
+
+    def _flat(self, vectors: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return self.backend.encode(self.prompts, vectors).hidden.float().flatten(1)  # [P, L*D]
+
+    def penalty(self, params: Mapping[str, torch.Tensor]) -> torch.Tensor | float:
+        if self.base is None:
+            return 0.0
+        moved = self._flat(params) - self.base.to(params[next(iter(params))].device)
+        inside = sum((moved[p] @ q.to(moved.device)).pow(2).sum() for p, q in enumerate(self.basis))
+        return inside / self.scale

@@ -22,7 +22,7 @@ from ..formats.tokens import ClassToken
 from .backend import Backend, Conditioning, Vectors
 from .checkpointing import block_checkpointing, checkpoint_units
 from .diversity import channel_statistics
-from .free_words import free_directions, project_off
+from .free_words import FreeConditioning, free_directions, not_in_class_name, project_off
 from .freezing import frozen
 from .generation import generate_images
 from .prompts import prompts_for_batch, strip_token
@@ -117,13 +117,16 @@ def train_class_token(
     points = torch.Generator().manual_seed(config.seed)  # where the x0 gradient points fall, reproducibly
     judge = _Judge(classifier, target, target_on, config.enough_prob)
     spread = _Spread(classifier, on=config.spread > 0)
-    free = free_directions(backend, config.free_words)
+    free_words = not_in_class_name(config.free_words, classifier.class_name(target), label)
+    free = free_directions(backend, free_words)
 
     result = TrainResult(token=_token(params, name, metadata))
     best_key, best_loss, since_better = None, float("inf"), 0
     made_with: list[Vectors] = []  # the token each step's batch was made with (keep="average")
     with frozen([*backend.modules(), classifier.module]), _autocast(device, dtype):
         negatives: dict[int, Conditioning] = {}
+        free_cond = FreeConditioning(backend, free_words, prompts, init, config.num_vectors) \
+            if config.free_penalty else None
         try:
             for step in range(config.max_steps):
                 started = time.perf_counter()
@@ -151,6 +154,8 @@ def train_class_token(
                     if config.spread:
                         loss = loss + config.spread * spread.loss(seen, plain_outs) * n / batch
                     loss = loss + _regularizer(config, params, init) * n / batch
+                    if free_cond is not None:
+                        loss = loss + config.free_penalty * free_cond.penalty(params) * n / batch
                     (scaler.scale(loss) if scaler else loss).backward()
                     loss_sum += float(loss.detach())
                     probs.append(judge.prob(logits[-1]).cpu())

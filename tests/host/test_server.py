@@ -23,7 +23,8 @@ FIRST_OPTIONS = ["init_word", "templates", "lr", "batch_size", "micro_batch", "g
 UNSET_NEW_OPTIONS = {"gradient_point": "recipe", "x0_interval": "", "x0_points": 0, "preserve": -1, "keep": "recipe",
                      "validation_images": -1, "threshold_window": 0, "enough_prob": -1, "init_pull": -1,
                      "norm_cap": -1, "weight_decay": -1, "max_grad_norm": 0, "num_vectors": 0,
-                     "checkpointing": "recipe", "negative_prompt": "", "spread": -1, "free_words": ""}
+                     "checkpointing": "recipe", "negative_prompt": "", "spread": -1, "free_words": "",
+                     "free_penalty": -1}
 
 
 def _train_workflow(save_name: str, target: str = "tiger cat") -> dict:
