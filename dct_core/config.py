@@ -89,9 +89,26 @@ class TrainConfig:
                 f"backprop depth {self.backprop_depth} must be between 1 and the {self.sampling.sampling_steps} "
                 "sampling steps."
             )
+        free = free_word_list(self.free_words)
+        if len(free) == 1:
+            raise DCTError(f"free_words {self.free_words!r}: give at least two words, comma-separated (e.g. 'red, "
+                           "green, blue'): the directions kept off are their differences.")
+        if self.free_penalty and not free:
+            raise DCTError("free_penalty keeps the free words out of the token's conditioning: give free_words "
+                           "(e.g. the balanced recipe's colour words) or set free_penalty to 0.")
         if self.spread and self.gradient_point != "x0":
             raise DCTError("spread compares the token's images with the prompt alone's at the x0 gradient point: "
                            "set gradient_point to x0 (the balanced recipe's) or spread to 0.")
+
+
+FREE_WORDS_OFF = ("none", "off")  # what a front end types to turn free_words off (an empty node input: the recipe's)
+
+
+def free_word_list(words: str) -> list[str]:
+    """The words of a free_words setting ("red, green, blue"), none for "none" / "off"."""
+    if words.strip().lower() in FREE_WORDS_OFF:
+        return []
+    return [w.strip() for w in words.split(",") if w.strip()]
 
 
 # What the balanced recipe keeps the token off (free_words): colours, the attribute a class token most often fixes.
@@ -112,7 +129,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     #   82.5% (79.5%), colour kept in 18 (19), leak 6.9 (9.3), 22 CPU s (15.5).
     #   The colour words are also kept out of what the token does to the whole text conditioning (free_penalty
     #   0.3; words of the class's own name are not free for it): over 24 runs colour kept in 21 (18), all-attribute
-    #   ratio worst 0.90 (0.85), minority gain +31.8 (+35.1), majority 78.4% (81.8%), the same cost.
+    #   ratio worst 0.90 (0.85), minority gain +31.8 (+35.0), majority 78.4% (81.8%), the same cost.
     "balanced": {"gradient_point": "x0", "x0_interval": (0.2, 0.8), "lr": 0.05, "batch_size": 8,
                  "fresh_seeds": True, "max_steps": 25, "accuracy_threshold": 1.0, "threshold_window": 25,
                  "patience": 25, "keep": "average", "enough_prob": 0.9, "free_words": COLOUR_WORDS,

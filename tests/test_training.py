@@ -347,6 +347,38 @@ def test_free_penalty_keeps_the_free_words_out_of_the_tokens_conditioning(sd1_wo
     assert colour > 0.1 and inside[0.0] > 0, (colour, inside)
     assert inside[100.0] < 0.5 * inside[0.0], inside
 
+    # A word whose conditioning overflows (an untrained half-precision encoder) is left out, not a crash.
+    green = backend.init_vectors("green", 1)["clip_l"].float()
+    encode = backend.encode
+
+    def overflowing(prompts, vectors):
+        out = encode(prompts, vectors)
+        if vectors is not None and torch.equal(next(iter(vectors.values())).float(), green):
+            return out._replace(hidden=out.hidden * float("nan"))
+        return out
+
+    backend.encode = overflowing
+    try:
+        assert [q.shape[1] for q in FreeConditioning(backend, words, prompts, init, 1).basis] == [2] * len(set(prompts))
+    finally:
+        del backend.encode
+
+
+def test_words_of_the_class_name_are_not_free_for_its_token_and_settings_are_checked_up_front():
+    from dct_core.config import COLOUR_WORDS
+    from dct_core.method.free_words import not_in_class_name
+
+    assert not_in_class_name(COLOUR_WORDS, "red-throated warbler", "bird") == COLOUR_WORDS.replace("red, ", "")
+    assert not_in_class_name(COLOUR_WORDS, "Gray whale", "whale").count("grey") == 0  # one word, two spellings
+    assert not_in_class_name("light blue, dark blue", "light blue jay") == "none"  # one word left: off
+    assert not_in_class_name("rojo, marrón, azul", "oso marrón") == "rojo, azul"
+    assert not_in_class_name(COLOUR_WORDS, "tiger cat") == COLOUR_WORDS
+    with pytest.raises(DCTError, match="at least two words"):  # at plan time, before a model loads
+        TrainConfig(free_words="red").validate()
+    with pytest.raises(DCTError, match="free_penalty keeps the free words"):
+        TrainConfig(free_penalty=1.0).validate()
+    TrainConfig(free_words="none").validate()
+
 
 def test_one_free_word_is_a_one_line_error_and_none_is_off(sd1_world):
     from dct_core.method.free_words import free_directions

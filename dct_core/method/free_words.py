@@ -14,24 +14,23 @@ from collections.abc import Mapping
 
 import torch
 
+from ..config import free_word_list
 from ..errors import DCTError
 from .backend import Backend
 
-OFF = ("none", "off")  # what a front end types to turn it off (an empty node input means the recipe's)
+_SAME = {"gray": "grey"}  # spellings of one word
 
 
-def free_word_list(words: str) -> list[str]:
-    if words.strip().lower() in OFF:
-        return []
-    return [w.strip() for w in words.split(",") if w.strip()]
+def _words(phrase: str) -> list[str]:
+    return [_SAME.get(w, w) for w in re.findall(r"[^\W\d_]+", phrase.lower())]
 
 
 def not_in_class_name(words: str, *names: str) -> str:
     """The free words without those the class's own name uses: a "red-throated warbler" or a "black swan" is told
     apart by that colour, so it is not free for its token."""
-    used = {w for name in names for w in re.findall(r"[a-z]+", name.lower())}
+    used = {w for name in names for w in _words(name)}
     listed = free_word_list(words)
-    kept = [w for w in listed if w.lower() not in used]
+    kept = [w for w in listed if not (_words(w) and set(_words(w)) <= used)]
     if kept == listed:
         return words
     return ", ".join(kept) if len(kept) >= 2 else "none"  # one word left spans no direction
@@ -106,20 +105,38 @@ class FreeConditioning:
                 self.base = None
                 return
             rows = torch.stack([self._flat(vs) for vs in vectors])  # [W, P, F]
+            # A word whose conditioning is not finite (an untrained half-precision encoder can overflow on one) spans
+            # nothing usable: left out too.
+            rows = rows[torch.isfinite(rows).flatten(1).all(1)]
+            if rows.shape[0] < 2 or not torch.isfinite(self.base).all():
+                self.base = None
+                return
         spread = 0.0
         for p in range(len(self.prompts)):
             m = rows[:, p].double() - rows[:, p].double().mean(0, keepdim=True)
             _, sizes, directions = torch.linalg.svd(m, full_matrices=False)  # k words centred: k - 1 directions
             self.basis.append(directions[sizes > 1e-4 * sizes.max().clamp_min(1e-30)].T.float())
             spread += float(m.pow(2).sum(1).mean())
+        if spread <= 1e-12:  # the words change nothing here (e.g. the token truncated away): nothing to keep off
+            self.base = None
         self.scale = spread
 
     def _flat(self, vectors: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        return self.backend.encode(self.prompts, vectors).hidden.float().flatten(1)  # [P, L*D]
+        """[P, F]: each prompt's conditioning, flattened (SDXL: both encoders' hidden states and the pooled)."""
+        cond = self.backend.encode(self.prompts, vectors)
+        parts = [cond.hidden.float().flatten(1)] + ([] if cond.pooled is None else [cond.pooled.float().flatten(1)])
+        return torch.cat(parts, 1)
 
-    def penalty(self, params: Mapping[str, torch.Tensor]) -> torch.Tensor | float:
+    @property
+    def active(self) -> bool:
+        return self.base is not None
+
+    def penalty(self, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
         if self.base is None:
-            return 0.0
-        moved = self._flat(params) - self.base.to(params[next(iter(params))].device)
-        inside = sum((moved[p] @ q.to(moved.device)).pow(2).sum() for p, q in enumerate(self.basis))
+            return torch.zeros(())
+        flat = self._flat(params)  # a host may return it on its own device (ComfyUI: the CPU)
+        device = flat.device
+        with torch.autocast(device.type, enabled=False):  # the basis's small entries would round away in fp16
+            moved = flat.float() - self.base.to(device)
+            inside = torch.stack([(moved[p] @ q.to(device)).pow(2).sum() for p, q in enumerate(self.basis)]).sum()
         return inside / self.scale

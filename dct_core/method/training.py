@@ -127,6 +127,8 @@ def train_class_token(
         negatives: dict[int, Conditioning] = {}
         free_cond = FreeConditioning(backend, free_words, prompts, init, config.num_vectors) \
             if config.free_penalty else None
+        if free_cond is not None and not free_cond.active:  # no two usable words left: nothing to keep off
+            free_cond = None
         try:
             for step in range(config.max_steps):
                 started = time.perf_counter()
@@ -136,6 +138,10 @@ def train_class_token(
                 steps_at = _gradient_steps(config, points)
                 loss_sum, probs, hits, images = 0.0, [], 0, []
                 cancelled = False
+                if free_cond is not None:  # once a step, its text-encoder graph freed before the UNet's is built
+                    kept_off = config.free_penalty * free_cond.penalty(params)
+                    (scaler.scale(kept_off) if scaler else kept_off).backward()
+                    loss_sum += float(kept_off.detach())
                 for lo in range(0, batch, micro):
                     if should_cancel is not None and should_cancel():
                         cancelled = True
@@ -154,8 +160,6 @@ def train_class_token(
                     if config.spread:
                         loss = loss + config.spread * spread.loss(seen, plain_outs) * n / batch
                     loss = loss + _regularizer(config, params, init) * n / batch
-                    if free_cond is not None:
-                        loss = loss + config.free_penalty * free_cond.penalty(params) * n / batch
                     (scaler.scale(loss) if scaler else loss).backward()
                     loss_sum += float(loss.detach())
                     probs.append(judge.prob(logits[-1]).cpu())

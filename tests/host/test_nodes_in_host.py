@@ -521,7 +521,8 @@ def test_settings_new_to_the_options_node_reach_the_engine_and_the_result_lists_
     model, clip, vae = loaded
     small = dict(batch_size=1, sampling_steps=2, resolution=64, templates="A photo of {token} {label}")
     new = dict(gradient_point="x0", x0_interval="0.1-0.9", preserve=5.0, keep="last", weight_decay=0.0,
-               num_vectors=2, negative_prompt="blurry", checkpointing="off")
+               num_vectors=2, negative_prompt="blurry", checkpointing="off", free_words="red, green, blue",
+               free_penalty=1.0)  # the penalty runs the host's text encoder once more per step, with gradient
     options = _run(options_node, **{**_options_node_defaults(host), **small, **new}).result[0]
     out = _run(_node(host, "train_node", "TrainToken"), **_simple(model, clip, vae, classifier, recipe="paper",
                                                                   max_steps=1, options=options))
@@ -531,10 +532,12 @@ def test_settings_new_to_the_options_node_reach_the_engine_and_the_result_lists_
                                                                                          "last")
     assert (config.weight_decay, config.num_vectors, config.checkpointing) == (0.0, 2, False)
     assert config.sampling.negative_prompt == "blurry"
+    assert (config.free_words, config.free_penalty) == ("red, green, blue", 1.0)
     assert config == preset_config("paper", max_steps=1, templates=("A photo of {token} {label}",), batch_size=1,
                                    sampling_steps=2, resolution=64, gradient_point="x0", x0_interval=(0.1, 0.9),
                                    preserve=5.0, keep="last", weight_decay=0.0, num_vectors=2,
-                                   negative_prompt="blurry", checkpointing=False)
+                                   negative_prompt="blurry", checkpointing=False, free_words="red, green, blue",
+                                   free_penalty=1.0)
     assert out.result[0].vectors["clip_l"].shape == (2, 768)  # the token trained has the two vectors asked for
 
     head, diversity, listed = out.ui.as_dict()["text"][0].split("\n")
