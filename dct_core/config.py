@@ -89,10 +89,7 @@ class TrainConfig:
                 f"backprop depth {self.backprop_depth} must be between 1 and the {self.sampling.sampling_steps} "
                 "sampling steps."
             )
-        free = free_word_list(self.free_words)
-        if len(free) == 1:
-            raise DCTError(f"free_words {self.free_words!r}: give at least two words, comma-separated (e.g. 'red, "
-                           "green, blue'): the directions kept off are their differences.")
+        free = check_free_words(self.free_words)
         if self.free_penalty and not free:
             raise DCTError("free_penalty keeps the free words out of the token's conditioning: give free_words "
                            "(e.g. the balanced recipe's colour words) or set free_penalty to 0.")
@@ -109,6 +106,15 @@ def free_word_list(words: str) -> list[str]:
     if words.strip().lower() in FREE_WORDS_OFF:
         return []
     return [w.strip() for w in words.split(",") if w.strip()]
+
+
+def check_free_words(words: str) -> list[str]:
+    """free_word_list, refusing a single word (it spans no direction)."""
+    listed = free_word_list(words)
+    if len(listed) == 1:
+        raise DCTError(f"free_words {words!r}: give at least two words, comma-separated (e.g. 'red, green, blue'): "
+                       "the directions kept off are their differences.")
+    return listed
 
 
 # What the balanced recipe keeps the token off (free_words): colours, the attribute a class token most often fixes.

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 import torch
 
-from ..config import free_word_list
+from ..config import check_free_words, free_word_list
 from ..errors import DCTError
 from .backend import Backend
 
@@ -36,14 +36,17 @@ def not_in_class_name(words: str, *names: str) -> str:
     return ", ".join(kept) if len(kept) >= 2 else "none"  # one word left spans no direction
 
 
+def _learned(norms: torch.Tensor) -> torch.Tensor:
+    """Which words the model learned, by their input embeddings' norms: one it never learned keeps a small random
+    embedding (the demo world knows nine colours, not "brown"); centred, it would stand for minus the others' mean."""
+    return norms >= 0.35 * norms.median()
+
+
 def free_directions(backend: Backend, words: str) -> dict[str, torch.Tensor]:
     """Per text encoder, an orthonormal basis [D, k] of the free words' centred embeddings (empty: none)."""
-    listed = free_word_list(words)
+    listed = check_free_words(words)
     if not listed:
         return {}
-    if len(listed) < 2:
-        raise DCTError(f"free_words {words!r}: give at least two words, comma-separated (e.g. 'red, green, blue'): "
-                       "the directions kept off are their differences.")
     rows = []
     for word in listed:
         try:
@@ -54,10 +57,7 @@ def free_directions(backend: Backend, words: str) -> dict[str, torch.Tensor]:
     basis = {}
     for key in rows[0]:
         m = torch.cat([r[key].detach().float().cpu() for r in rows])
-        # A word the model never learned keeps a small random embedding (the demo world knows nine colours, not
-        # "brown"); centred, it would stand for minus the others' mean, so it is left out.
-        norms = m.norm(dim=1)
-        m = m[norms >= 0.35 * norms.median()]
+        m = m[_learned(m.norm(dim=1))]
         if m.shape[0] < 2:
             continue
         m = m - m.mean(0, keepdim=True)  # differences between the words: what choosing one over another adds
@@ -98,9 +98,8 @@ class FreeConditioning:
         with torch.no_grad():
             self.base = self._flat(init)
             vectors = [backend.init_vectors(w, num_vectors) for w in listed]
-            # Words the model never learned keep a small random input embedding (as in free_directions): left out.
             norms = torch.tensor([sum(float(v.float().norm()) for v in vs.values()) for vs in vectors])
-            vectors = [vs for vs, norm in zip(vectors, norms) if norm >= 0.35 * norms.median()]
+            vectors = [vs for vs, learned in zip(vectors, _learned(norms)) if learned]
             if len(vectors) < 2:
                 self.base = None
                 return
