@@ -89,36 +89,33 @@ class FreeConditioning:
     def __init__(self, backend: Backend, words: str, prompts: list[str], init: Mapping[str, torch.Tensor],
                  num_vectors: int):
         self.backend, self.prompts = backend, sorted(set(prompts))
-        listed = free_word_list(words)
         self.basis: list[torch.Tensor] = []
-        self.base: torch.Tensor | None = None
+        self.base: torch.Tensor | None = None  # set last: None = nothing to keep off (fewer than two usable words)
         self.scale = 1.0
+        listed = free_word_list(words)
         if len(listed) < 2:
             return
         with torch.no_grad():
-            self.base = self._flat(init)
             vectors = [backend.init_vectors(w, num_vectors) for w in listed]
             norms = torch.tensor([sum(float(v.float().norm()) for v in vs.values()) for vs in vectors])
             vectors = [vs for vs, learned in zip(vectors, _learned(norms)) if learned]
             if len(vectors) < 2:
-                self.base = None
                 return
+            base = self._flat(init)
             rows = torch.stack([self._flat(vs) for vs in vectors])  # [W, P, F]
-            # A word whose conditioning is not finite (an untrained half-precision encoder can overflow on one) spans
-            # nothing usable: left out too.
-            rows = rows[torch.isfinite(rows).flatten(1).all(1)]
-            if rows.shape[0] < 2 or not torch.isfinite(self.base).all():
-                self.base = None
-                return
+        # A word whose conditioning is not finite (an untrained half-precision encoder can overflow on one) spans
+        # nothing usable: left out too.
+        rows = rows[torch.isfinite(rows).flatten(1).all(1)]
+        if rows.shape[0] < 2 or not torch.isfinite(base).all():
+            return
         spread = 0.0
         for p in range(len(self.prompts)):
             m = rows[:, p].double() - rows[:, p].double().mean(0, keepdim=True)
             _, sizes, directions = torch.linalg.svd(m, full_matrices=False)  # k words centred: k - 1 directions
             self.basis.append(directions[sizes > 1e-4 * sizes.max().clamp_min(1e-30)].T.float())
             spread += float(m.pow(2).sum(1).mean())
-        if spread <= 1e-12:  # the words change nothing here (e.g. the token truncated away): nothing to keep off
-            self.base = None
-        self.scale = spread
+        if spread > 1e-12:  # else the words change nothing here (e.g. the token truncated away): nothing to keep off
+            self.base, self.scale = base, spread
 
     def _flat(self, vectors: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """[P, F]: each prompt's conditioning, flattened (SDXL: both encoders' hidden states and the pooled)."""
